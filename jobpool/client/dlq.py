@@ -1,0 +1,65 @@
+"""The client's dead-letter queue API: ``client.dlq.list/get/replay/purge``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from jobpool.client.validation import Item, SubmitOptions
+from jobpool.models import DlqEntry, DlqId, DlqPage, Job
+from jobpool.store import dlq, jobs
+
+if TYPE_CHECKING:
+    from jobpool.client.client import Client
+
+
+class DlqClient:
+    """Dead-letter entries of the client's pool and tenant."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def list(
+        self, *, type: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> DlqPage:
+        """A page of unreplayed entries, oldest first; pass ``next_cursor`` for the next."""
+        async with self._client.connection() as conn:
+            return await dlq.dlq_list(
+                conn, self._client.pool_name, self._client.tenant,
+                type=type, limit=limit, cursor=cursor,
+            )  # fmt: skip
+
+    async def get(self, entry_id: DlqId | int) -> DlqEntry:
+        async with self._client.connection() as conn:
+            return await dlq.dlq_get(
+                conn, self._client.pool_name, self._client.tenant, DlqId(entry_id)
+            )
+
+    async def replay(self, entry_id: DlqId | int) -> Job:
+        """Re-enqueue the entry's job as a new job linked to it; mark it replayed.
+
+        Both happen in one transaction. Raises ``DlqEntryAlreadyReplayed`` the second time.
+        """
+        client = self._client
+        async with client.connection() as conn, conn.transaction():
+            entry = await dlq.dlq_mark_replayed(
+                conn, client.pool_name, client.tenant, DlqId(entry_id)
+            )
+            options = SubmitOptions(
+                priority=entry.priority,
+                key=entry.key,
+                request_id=entry.request_id,
+                user_id=entry.user_id,
+                replay_of=entry.id,
+            )
+            # Item keeps a list payload one job instead of a batch.
+            new_jobs, _ = client.build(entry.type, Item(payload=entry.payload), options)
+            [job] = await jobs.job_insert_many(conn, client.pool_name, client.tenant, new_jobs)
+            return job
+
+    async def purge(self, *, older_than: timedelta) -> int:
+        """Delete this tenant's replayed entries older than ``older_than``; returns how many."""
+        async with self._client.connection() as conn:
+            return await dlq.dlq_purge(
+                conn, self._client.pool_name, self._client.tenant, older_than=older_than
+            )

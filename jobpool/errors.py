@@ -1,0 +1,80 @@
+"""Typed errors of jobpool's public API.
+
+Every error a caller can act on has its own class, so code can catch exactly what it
+handles (`except jobpool.errors.JobNotFound`). Input errors are raised before anything
+is written: a batch with one bad item inserts no item.
+"""
+
+from __future__ import annotations
+
+
+class JobpoolError(Exception):
+    """Base class of every error jobpool raises on purpose."""
+
+
+class InvalidInput(JobpoolError, ValueError):
+    """The caller passed something jobpool refuses; nothing was written."""
+
+
+class InvalidJobType(InvalidInput):
+    """A job type name is empty, too long or has characters outside ``[A-Za-z0-9_.:-]``."""
+
+
+class UnknownPriority(InvalidInput):
+    """A priority other than ``critical``, ``high``, ``normal`` or ``low``."""
+
+
+class PayloadNotSerializable(InvalidInput):
+    """A payload that cannot be encoded as JSON."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A payload whose JSON encoding exceeds the configured size limit."""
+
+
+class BatchTooLarge(InvalidInput):
+    """A batch with more items than the configured batch limit."""
+
+
+class InvalidSchedule(InvalidInput):
+    """Both ``delay`` and ``run_at`` given, a negative delay, or a naive ``run_at``."""
+
+
+class PoolNotFound(JobpoolError, LookupError):
+    """The named pool has no row in the ``pools`` table (create it first)."""
+
+
+class JobNotFound(JobpoolError, LookupError):
+    """No job with this id exists in this pool for this tenant."""
+
+
+class JobAlreadyFinished(JobpoolError):
+    """The job already ended (succeeded, cancelled or dead) and cannot be changed."""
+
+
+class JobFailed(JobpoolError):
+    """The awaited job ended in the dead-letter queue."""
+
+
+class JobCancelled(JobpoolError):
+    """The awaited job was cancelled."""
+
+
+class DlqEntryNotFound(JobpoolError, LookupError):
+    """No dead-letter entry with this id exists in this pool for this tenant."""
+
+
+class DlqEntryAlreadyReplayed(JobpoolError):
+    """The dead-letter entry was already replayed."""
+
+
+class MigrationError(JobpoolError):
+    """The database schema cannot be brought up to date safely."""
+
+
+class MigrationChanged(MigrationError):
+    """An already applied migration file was edited after it ran."""
+
+
+class DatabaseUnavailable(JobpoolError, ConnectionError):
+    """The database could not be reached or refused the connection."""

@@ -1,0 +1,237 @@
+"""Domain models shared by the client, the store, the worker and the operator.
+
+Pure data (pydantic v2, no I/O). Everything that crosses a boundary — a submitted job,
+a job's status, a dead-letter entry — is one of these immutable models.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NewType
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobId = NewType("JobId", uuid.UUID)
+ShardId = NewType("ShardId", int)
+DlqId = NewType("DlqId", int)
+
+JSON = Any
+"""A value that survives ``json.dumps``/``json.loads`` unchanged."""
+
+
+class Priority(StrEnum):
+    """Priority lanes; a worker serves them in proportion to the pool's weights."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """The number stored in ``jobs.priority``: low=0 … critical=3."""
+        return _PRIORITY_RANK[self]
+
+    @classmethod
+    def from_rank(cls, rank: int) -> Priority:
+        return _RANK_PRIORITY[rank]
+
+
+_PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+_RANK_PRIORITY = {rank: priority for priority, rank in _PRIORITY_RANK.items()}
+
+
+class JobState(StrEnum):
+    """Where a job is in its lifecycle; the last three are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    CANCELLED = "cancelled"
+    DEAD = "dead"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.CANCELLED, JobState.DEAD)
+
+
+class Duration(StrEnum):
+    """``long`` jobs renew their shard lease while they run."""
+
+    SHORT = "short"
+    LONG = "long"
+
+
+class CancelOutcome(StrEnum):
+    """What ``cancel`` did: ended a queued job, or signalled a running one."""
+
+    CANCELLED = "cancelled"
+    CANCEL_REQUESTED = "cancel_requested"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorRecord(_Frozen):
+    """One failed attempt, as kept in ``error_history``."""
+
+    attempt: int
+    error_type: str
+    message: str
+    at: datetime
+
+
+class Progress(_Frozen):
+    """The latest progress a running handler reported."""
+
+    fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    message: str | None = None
+    at: datetime
+
+
+class Pool(_Frozen):
+    """A pool's row: its fixed shard count and its current ring."""
+
+    name: str
+    shards: int
+    replicas: int
+    ring_version: int
+
+
+class NewJob(_Frozen):
+    """A validated job about to be inserted (built by the client from submit arguments)."""
+
+    id: JobId
+    type: str
+    payload_json: str
+    priority: Priority
+    shard: ShardId
+    key: str | None = None
+    dedupe_key: str | None = None
+    run_at: datetime | None = None
+    max_attempts: int | None = None
+    duration: Duration = Duration.SHORT
+    request_id: str | None = None
+    user_id: str | None = None
+    traceparent: str | None = None
+    replay_of: DlqId | None = None
+
+
+class Job(_Frozen):
+    """A submitted job, as returned by ``submit``.
+
+    ``duplicate`` is true when a job with the same dedupe key was still unfinished:
+    the returned job is that existing one, and nothing new was inserted.
+    """
+
+    id: JobId
+    pool: str
+    tenant: str
+    type: str
+    priority: Priority
+    shard: ShardId
+    state: JobState
+    run_at: datetime
+    created_at: datetime
+    dedupe_key: str | None = None
+    duplicate: bool = False
+
+
+class JobStatus(_Frozen):
+    """Everything a caller may know about one job."""
+
+    id: JobId
+    pool: str
+    tenant: str
+    type: str
+    priority: Priority
+    shard: ShardId
+    state: JobState
+    attempts: int
+    max_attempts: int | None
+    progress: Progress | None
+    result: JSON = None
+    error_history: tuple[ErrorRecord, ...] = ()
+    cancel_requested: bool = False
+    created_at: datetime
+    run_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    request_id: str | None = None
+    user_id: str | None = None
+
+    @property
+    def last_error(self) -> ErrorRecord | None:
+        return self.error_history[-1] if self.error_history else None
+
+
+class DlqEntry(_Frozen):
+    """A job that ended dead, kept until it is replayed and purged."""
+
+    id: DlqId
+    pool: str
+    original_job_id: JobId
+    app_id: str
+    type: str
+    payload: JSON
+    priority: Priority
+    key: str | None
+    error_reason: str
+    attempts: int
+    error_history: tuple[ErrorRecord, ...]
+    dlq_at: datetime
+    replayed_at: datetime | None
+    request_id: str | None
+    user_id: str | None
+
+
+class DlqPage(_Frozen):
+    """One page of unreplayed entries; pass ``next_cursor`` back for the next one."""
+
+    entries: tuple[DlqEntry, ...]
+    next_cursor: str | None
+
+
+class ClaimedJob(_Frozen):
+    """A job a worker claimed: one attempt, fenced by the lease epoch it was claimed under."""
+
+    id: JobId
+    tenant: str
+    shard: ShardId
+    type: str
+    priority: Priority
+    payload: JSON
+    attempt: int
+    max_attempts: int | None
+    duration: Duration
+    request_id: str | None
+    user_id: str | None
+    traceparent: str | None
+    created_at: datetime
+    run_at: datetime
+    epoch: int
+
+
+class Finish(_Frozen):
+    """How a running attempt ended for good: succeeded, dead or cancelled.
+
+    ``result_json`` goes with ``succeeded``; ``reason`` (the DLQ's ``error_reason``) and
+    ``error`` go with ``dead``; ``error`` is appended to the job's error history.
+    """
+
+    job_id: JobId
+    state: JobState
+    result_json: str | None = None
+    reason: str | None = None
+    error: ErrorRecord | None = None
+
+
+class Retry(_Frozen):
+    """A failed attempt that goes back to the queue at ``run_at`` (its backoff)."""
+
+    job_id: JobId
+    run_at: datetime
+    error: ErrorRecord

@@ -1,0 +1,73 @@
+"""The dead-letter queue: paging, replay and purge of dead jobs' entries.
+
+Pending entries are those not yet replayed; they are paged by id (a keyset cursor, so
+a page costs the same at any depth) through a partial index that holds only them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from asyncpg import Connection
+
+from jobpool.errors import DlqEntryAlreadyReplayed, DlqEntryNotFound, InvalidInput
+from jobpool.models import DlqEntry, DlqId, DlqPage
+from jobpool.store import rows
+from jobpool.store.queries import QUERIES
+
+
+def _decode_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    try:
+        return int(cursor)
+    except ValueError:
+        raise InvalidInput(f"invalid DLQ cursor {cursor!r}") from None
+
+
+async def dlq_list(
+    conn: Connection,
+    pool: str,
+    tenant: str,
+    *,
+    type: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> DlqPage:
+    """One page of the tenant's unreplayed entries, oldest first."""
+    if not 1 <= limit <= 1000:
+        raise InvalidInput(f"limit must be between 1 and 1000, got {limit}")
+    after = _decode_cursor(cursor)
+    found = await conn.fetch(QUERIES["dlq_list"], pool, tenant, after, type, limit + 1)
+    entries = tuple(rows.dlq_entry(row) for row in found[:limit])
+    next_cursor = str(entries[-1].id) if len(found) > limit else None
+    return DlqPage(entries=entries, next_cursor=next_cursor)
+
+
+async def dlq_get(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> DlqEntry:
+    row = await conn.fetchrow(QUERIES["dlq_get"], entry_id, pool, tenant)
+    if row is None:
+        raise DlqEntryNotFound(f"no DLQ entry {entry_id} in pool {pool!r} for tenant {tenant!r}")
+    return rows.dlq_entry(row)
+
+
+async def dlq_mark_replayed(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> DlqEntry:
+    """Mark an entry replayed (the caller enqueues the new job in the same transaction)."""
+    row = await conn.fetchrow(QUERIES["dlq_mark_replayed"], entry_id, pool, tenant)
+    if row is None:
+        entry = await dlq_get(conn, pool, tenant, entry_id)
+        raise DlqEntryAlreadyReplayed(f"DLQ entry {entry.id} was replayed at {entry.replayed_at}")
+    return rows.dlq_entry(row)
+
+
+async def dlq_purge(
+    conn: Connection, pool: str, tenant: str | None, *, older_than: timedelta
+) -> int:
+    """Delete replayed entries older than ``older_than``; ``tenant=None`` means all."""
+    if older_than < timedelta(0):
+        raise InvalidInput(f"older_than must not be negative, got {older_than}")
+    return int(await conn.fetchval(QUERIES["dlq_purge"], pool, older_than, tenant))
+
+
+async def dlq_count_pending(conn: Connection, pool: str) -> int:
+    return int(await conn.fetchval(QUERIES["dlq_count_pending"], pool))

@@ -1,0 +1,136 @@
+"""The worker's side of a job: claim, progress, retry, finish.
+
+Every statement here is fenced by the shard lease: it only touches rows running under
+the caller (``owner``) with the epoch of the caller's current lease. Claims, retries
+and finishes are batched, one round trip for many jobs; a finish batch NOTIFYs the
+pool's events channel once, so ``result()`` waiters wake up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from asyncpg import Connection, Record
+
+from jobpool.models import (
+    ClaimedJob,
+    Duration,
+    ErrorRecord,
+    Finish,
+    JobId,
+    Priority,
+    Retry,
+    ShardId,
+)
+from jobpool.store import channels
+from jobpool.store.queries import QUERIES
+
+
+def _claimed(row: Record) -> ClaimedJob:
+    return ClaimedJob(
+        id=JobId(row["id"]),
+        tenant=row["tenant"],
+        shard=ShardId(row["shard"]),
+        type=row["type"],
+        priority=Priority.from_rank(row["priority"]),
+        payload=json.loads(row["payload"]),
+        attempt=row["attempts"],
+        max_attempts=row["max_attempts"],
+        duration=Duration(row["duration"]),
+        request_id=row["request_id"],
+        user_id=row["user_id"],
+        traceparent=row["traceparent"],
+        created_at=row["created_at"],
+        run_at=row["run_at"],
+        epoch=row["lease_epoch"],
+    )
+
+
+def _error_json(error: ErrorRecord | None) -> str | None:
+    return None if error is None else error.model_dump_json()
+
+
+async def job_claim_batch(
+    conn: Connection,
+    pool: str,
+    *,
+    owner: str,
+    shards: Sequence[int],
+    priority: Priority,
+    limit: int,
+    per_shard_limit: int | None = None,
+) -> list[ClaimedJob]:
+    """Claim up to ``limit`` due jobs of one priority lane from the owner's leased shards."""
+    rows = await conn.fetch(
+        QUERIES["job_claim_batch"],
+        pool,
+        owner,
+        list(shards),
+        priority.rank,
+        limit,
+        per_shard_limit or limit,
+    )
+    return [_claimed(row) for row in rows]
+
+
+async def job_finish_many(
+    conn: Connection, pool: str, *, owner: str, finishes: Sequence[Finish]
+) -> list[JobId]:
+    """End attempts for good; returns the ids actually finished (the others were fenced)."""
+    if not finishes:
+        return []
+    ids = [f.job_id for f in finishes]
+    wake = str(ids[0]) if len(ids) == 1 else channels.ALL
+    rows = await conn.fetch(
+        QUERIES["job_finish_many"],
+        pool,
+        owner,
+        ids,
+        [f.state.value for f in finishes],
+        [f.result_json for f in finishes],
+        [f.reason for f in finishes],
+        [_error_json(f.error) for f in finishes],
+        channels.events_channel(pool),
+        wake,
+    )
+    return [JobId(row["id"]) for row in rows]
+
+
+async def job_retry_many(
+    conn: Connection, pool: str, *, owner: str, retries: Sequence[Retry]
+) -> list[JobId]:
+    """Requeue failed attempts at their backoff time; returns the ids requeued."""
+    if not retries:
+        return []
+    rows = await conn.fetch(
+        QUERIES["job_retry_many"],
+        pool,
+        owner,
+        [r.job_id for r in retries],
+        [r.run_at for r in retries],
+        [r.error.model_dump_json() for r in retries],
+    )
+    return [JobId(row["id"]) for row in rows]
+
+
+async def job_progress_update(
+    conn: Connection,
+    pool: str,
+    *,
+    owner: str,
+    job_id: JobId,
+    fraction: float | None,
+    message: str | None,
+) -> bool:
+    """Record a running job's progress and wake its followers; False if not ours anymore."""
+    row = await conn.fetchrow(
+        QUERIES["job_progress_update"],
+        pool,
+        owner,
+        job_id,
+        fraction,
+        message,
+        channels.events_channel(pool),
+    )
+    return row is not None

@@ -1,0 +1,165 @@
+"""Jobs: insertion (with dedupe), status, cancellation.
+
+``job_insert_many`` is the one write path for new jobs, single or batch, in the
+client's own transaction or in a caller's. It costs one round trip plus one NOTIFY
+when no dedupe key collides; collisions cost one more query to fetch the existing jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from asyncpg import Connection, Record
+
+from jobpool.errors import JobAlreadyFinished, JobNotFound
+from jobpool.models import (
+    CancelOutcome,
+    Job,
+    JobId,
+    JobState,
+    JobStatus,
+    NewJob,
+    Priority,
+    ShardId,
+)
+from jobpool.store import channels, rows
+from jobpool.store.queries import QUERIES
+
+# A duplicate's original can finish between our insert and our look-up; then the key
+# is free again and the job must be inserted after all. Each round makes progress.
+_DEDUPE_ROUNDS = 5
+
+
+async def tenant_set_local(conn: Connection, tenant: str) -> None:
+    """Bind the current transaction to ``tenant`` for row-level security."""
+    await conn.execute(QUERIES["tenant_set_local"], tenant)
+
+
+def _insert_args(pool: str, tenant: str, jobs: Sequence[NewJob]) -> list[object]:
+    return [
+        pool,
+        tenant,
+        [j.id for j in jobs],
+        [j.shard for j in jobs],
+        [j.type for j in jobs],
+        [j.priority.rank for j in jobs],
+        [j.payload_json for j in jobs],
+        [j.key for j in jobs],
+        [j.dedupe_key for j in jobs],
+        [j.run_at for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.duration.value for j in jobs],
+        [j.request_id for j in jobs],
+        [j.user_id for j in jobs],
+        [j.traceparent for j in jobs],
+        [j.replay_of for j in jobs],
+    ]
+
+
+def _new_job(pool: str, tenant: str, job: NewJob, row: Record) -> Job:
+    return Job(
+        id=job.id,
+        pool=pool,
+        tenant=tenant,
+        type=job.type,
+        priority=job.priority,
+        shard=job.shard,
+        state=JobState.QUEUED,
+        run_at=row["run_at"],
+        created_at=row["created_at"],
+        dedupe_key=job.dedupe_key,
+    )
+
+
+def _existing_job(pool: str, tenant: str, row: Record) -> Job:
+    return Job(
+        id=JobId(row["id"]),
+        pool=pool,
+        tenant=tenant,
+        type=row["type"],
+        priority=Priority.from_rank(row["priority"]),
+        shard=ShardId(row["shard"]),
+        state=JobState(row["state"]),
+        run_at=row["run_at"],
+        created_at=row["created_at"],
+        dedupe_key=row["dedupe_key"],
+        duplicate=True,
+    )
+
+
+async def job_insert_many(
+    conn: Connection, pool: str, tenant: str, jobs: Sequence[NewJob]
+) -> list[Job]:
+    """Insert ``jobs`` (already validated) and return them in order.
+
+    The connection must be bound to ``tenant`` (session setting, or
+    ``tenant_set_local`` in the caller's transaction). Without dedupe collisions this is
+    one statement, atomic on its own; with them, run it in a transaction to make the
+    whole batch atomic. A job whose dedupe key belongs to an unfinished job (stored
+    already, or earlier in this batch) comes back as that job with ``duplicate=True``.
+    The pool's workers get one NOTIFY, delivered at commit.
+    """
+    if not jobs:
+        return []
+    results: dict[int, Job] = {}
+    pending = list(range(len(jobs)))
+    wake = (channels.worker_channel(pool), channels.shards_payload(j.shard for j in jobs))
+    for _ in range(_DEDUPE_ROUNDS):
+        args = _insert_args(pool, tenant, [jobs[i] for i in pending])
+        inserted = {
+            row["id"]: row for row in await conn.fetch(QUERIES["job_insert_many"], *args, *wake)
+        }
+        for i in pending:
+            if (row := inserted.get(jobs[i].id)) is not None:
+                results[i] = _new_job(pool, tenant, jobs[i], row)
+        pending = [i for i in pending if i not in results]
+        pending = await _resolve_duplicates(conn, pool, tenant, jobs, pending, results)
+        if not pending:
+            return [results[i] for i in range(len(jobs))]
+    raise RuntimeError(f"dedupe keys kept changing hands over {_DEDUPE_ROUNDS} rounds")
+
+
+async def _resolve_duplicates(
+    conn: Connection,
+    pool: str,
+    tenant: str,
+    jobs: Sequence[NewJob],
+    pending: list[int],
+    results: dict[int, Job],
+) -> list[int]:
+    """Fill ``results`` for skipped jobs whose key holder still exists; return the rest."""
+    if not pending:
+        return []
+    keys = list({jobs[i].dedupe_key for i in pending})
+    found = await conn.fetch(QUERIES["job_find_by_dedupe_keys"], pool, tenant, keys)
+    holders = {row["dedupe_key"]: row for row in found}
+    for i in pending:
+        if (row := holders.get(jobs[i].dedupe_key)) is not None:
+            results[i] = _existing_job(pool, tenant, row)
+    return [i for i in pending if i not in results]
+
+
+async def job_status(conn: Connection, pool: str, tenant: str, job_id: JobId) -> JobStatus:
+    row = await conn.fetchrow(QUERIES["job_status"], job_id, pool, tenant)
+    if row is None:
+        raise JobNotFound(f"no job {job_id} in pool {pool!r} for tenant {tenant!r}")
+    return rows.job_status(row)
+
+
+async def job_cancel(conn: Connection, pool: str, tenant: str, job_id: JobId) -> CancelOutcome:
+    """Cancel a queued job at once, or ask the worker running it to cancel it.
+
+    Must run inside a transaction bound to ``tenant``.
+    """
+    row = await conn.fetchrow(QUERIES["job_cancel"], job_id, pool, tenant)
+    if row is None:
+        finished = await conn.fetchval(QUERIES["job_history_exists"], job_id, pool, tenant)
+        if finished is not None:
+            raise JobAlreadyFinished(f"job {job_id} already ended {finished}")
+        raise JobNotFound(f"no job {job_id} in pool {pool!r} for tenant {tenant!r}")
+    if row["state"] == JobState.QUEUED:
+        await conn.execute(QUERIES["job_notify"], channels.events_channel(pool), str(job_id))
+        return CancelOutcome.CANCELLED
+    signal = f"{channels.CANCEL_PREFIX}{job_id}"
+    await conn.execute(QUERIES["job_notify"], channels.worker_channel(pool), signal)
+    return CancelOutcome.CANCEL_REQUESTED

@@ -1,0 +1,51 @@
+"""Shard leases: who may claim from and complete jobs of a shard, fenced by an epoch.
+
+A worker takes the leases of the shards the ring gives its ordinal, renews them with
+its heartbeat and releases them after draining. Taking a lease bumps its epoch; every
+claim and completion joins ``shard_leases`` on (owner, epoch), so a worker that lost a
+shard can no longer write to its jobs. Attempts left ``running`` in a freshly taken
+shard belong to a previous owner and are requeued in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from asyncpg import Connection
+
+from jobpool.models import ShardId
+from jobpool.store.queries import QUERIES
+
+
+async def lease_take(
+    conn: Connection,
+    pool: str,
+    *,
+    owner: str,
+    ordinal: int,
+    shards: Sequence[int],
+    ttl_s: float,
+) -> dict[ShardId, int]:
+    """Take what can be taken of ``shards``; returns ``{shard: epoch}`` of those taken."""
+    async with conn.transaction():
+        rows = await conn.fetch(QUERIES["lease_take"], pool, owner, ordinal, list(shards), ttl_s)
+        taken = {ShardId(row["shard"]): row["epoch"] for row in rows}
+        if taken:
+            await conn.execute(QUERIES["job_requeue_orphans"], pool, list(taken))
+        return taken
+
+
+async def lease_renew(
+    conn: Connection, pool: str, *, owner: str, shards: Sequence[int], ttl_s: float
+) -> dict[ShardId, int]:
+    """Extend the leases still held; a shard missing from the result was lost."""
+    rows = await conn.fetch(QUERIES["lease_renew"], pool, owner, ttl_s, list(shards))
+    return {ShardId(row["shard"]): row["epoch"] for row in rows}
+
+
+async def lease_release(
+    conn: Connection, pool: str, *, owner: str, shards: Sequence[int]
+) -> list[ShardId]:
+    """Give shards up (after draining them) so their new owner may take them at once."""
+    rows = await conn.fetch(QUERIES["lease_release"], pool, owner, list(shards))
+    return [ShardId(row["shard"]) for row in rows]

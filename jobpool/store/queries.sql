@@ -1,0 +1,272 @@
+-- Every SQL statement jobpool runs, named `-- name: entity_verb`. Loaded once by
+-- jobpool.store.queries; asyncpg prepares each statement once per connection.
+-- Statements that touch tenant data also filter on the tenant explicitly, on top of
+-- row-level security, so a misconfigured role cannot widen what the code asks for.
+
+-- name: pool_get
+SELECT name, shards, replicas, ring_version FROM pools WHERE name = $1;
+
+-- name: pool_create
+INSERT INTO pools (name, shards, replicas) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO NOTHING
+RETURNING name, shards, replicas, ring_version;
+
+-- name: pool_set_replicas
+UPDATE pools
+SET replicas = $2, ring_version = ring_version + 1, updated_at = now()
+WHERE name = $1 AND replicas <> $2
+RETURNING name, shards, replicas, ring_version;
+
+-- name: tenant_set_local
+SELECT set_config('jobpool.tenant', $1, true);
+
+-- name: job_insert_many
+-- One round trip for a whole batch, NOTIFY included: the pool's workers are woken
+-- once, at commit, and only if a row was inserted. A dedupe key already held by an
+-- unfinished job (or earlier in the same batch) is skipped and resolved afterwards.
+WITH inserted AS (
+    INSERT INTO jobs (
+        id, pool, tenant, shard, type, priority, payload, routing_key, dedupe_key,
+        run_at, max_attempts, duration, request_id, user_id, traceparent, replay_of
+    )
+    SELECT i.id, $1, $2, i.shard, i.type, i.priority, i.payload::jsonb, i.routing_key,
+           i.dedupe_key, coalesce(i.run_at, now()), i.max_attempts, i.duration,
+           i.request_id, i.user_id, i.traceparent, i.replay_of
+    FROM unnest(
+        $3::uuid[], $4::int[], $5::text[], $6::smallint[], $7::text[], $8::text[],
+        $9::text[], $10::timestamptz[], $11::int[], $12::text[], $13::text[], $14::text[],
+        $15::text[], $16::bigint[]
+    ) AS i (id, shard, type, priority, payload, routing_key, dedupe_key, run_at,
+            max_attempts, duration, request_id, user_id, traceparent, replay_of)
+    ON CONFLICT (pool, tenant, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+    RETURNING id, run_at, created_at
+)
+-- The uncorrelated subquery is an InitPlan: evaluated once, on the first row returned.
+SELECT id, run_at, created_at, (SELECT 1 FROM pg_notify($17, $18)) AS woken
+FROM inserted;
+
+-- name: job_find_by_dedupe_keys
+SELECT id, type, priority, shard, state, run_at, created_at, dedupe_key
+FROM jobs
+WHERE pool = $1 AND tenant = $2 AND dedupe_key = ANY($3::text[]);
+
+-- name: job_notify
+SELECT pg_notify($1, $2);
+
+-- name: job_status
+SELECT id, pool, tenant, type, priority, shard, state, attempts, max_attempts,
+       progress, progress_message, progress_at, NULL::text AS result, error_history::text,
+       cancel_requested_at IS NOT NULL AS cancel_requested, created_at, run_at, started_at,
+       NULL::timestamptz AS finished_at, request_id, user_id
+FROM jobs WHERE id = $1 AND pool = $2 AND tenant = $3
+UNION ALL
+SELECT id, pool, tenant, type, priority, shard, state, attempts, max_attempts,
+       progress, progress_message, progress_at, result::text, error_history::text,
+       false, created_at, run_at, started_at, finished_at, request_id, user_id
+FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3;
+
+-- name: job_cancel
+-- Cancels a queued job at once (moved to history as cancelled) or flags a running one
+-- for its worker. Returns the state the job had, or no row if it is not unfinished.
+WITH target AS (
+    SELECT id, state FROM jobs
+    WHERE id = $1 AND pool = $2 AND tenant = $3
+    FOR UPDATE
+), removed AS (
+    DELETE FROM jobs j USING target t
+    WHERE j.id = t.id AND t.state = 'queued'
+    RETURNING j.*
+), archived AS (
+    INSERT INTO job_history (
+        id, pool, tenant, shard, type, priority, state, payload, routing_key, dedupe_key,
+        attempts, max_attempts, error_history, request_id, user_id, replay_of, created_at,
+        run_at, started_at
+    )
+    SELECT id, pool, tenant, shard, type, priority, 'cancelled', payload, routing_key,
+           dedupe_key, attempts, max_attempts, error_history, request_id, user_id, replay_of,
+           created_at, run_at, started_at
+    FROM removed
+    RETURNING id
+), flagged AS (
+    UPDATE jobs j SET cancel_requested_at = coalesce(j.cancel_requested_at, now())
+    FROM target t
+    WHERE j.id = t.id AND t.state = 'running'
+    RETURNING j.id
+)
+SELECT t.state, (SELECT count(*) FROM archived) + (SELECT count(*) FROM flagged) AS changed
+FROM target t;
+
+-- name: job_history_exists
+SELECT state FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3;
+
+-- name: dlq_list
+SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
+FROM job_dlq
+WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL
+  AND id > $3 AND ($4::text IS NULL OR type = $4)
+ORDER BY id
+LIMIT $5;
+
+-- name: dlq_get
+SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
+FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3;
+
+-- name: dlq_mark_replayed
+UPDATE job_dlq SET replayed_at = now()
+WHERE id = $1 AND pool = $2 AND app_id = $3 AND replayed_at IS NULL
+RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
+
+-- name: dlq_purge
+SELECT jobpool_dlq_purge($1, $2, $3);
+
+-- name: dlq_count_pending
+SELECT count(*) FROM job_dlq WHERE pool = $1 AND replayed_at IS NULL;
+
+-- name: lease_take
+-- Takes shards that are free, expired, or held by an earlier incarnation of the same
+-- ordinal (a StatefulSet runs one pod per ordinal, and the epoch bump fences any
+-- zombie). Every take bumps the epoch. Returns the shards taken with their new epoch.
+INSERT INTO shard_leases AS l (pool, shard, owner, ordinal, epoch, expires_at)
+SELECT $1, s, $2, $3, 1, now() + make_interval(secs => $5)
+FROM unnest($4::int[]) AS s
+ON CONFLICT (pool, shard) DO UPDATE
+SET owner = excluded.owner, ordinal = excluded.ordinal, epoch = l.epoch + 1,
+    expires_at = excluded.expires_at
+WHERE l.owner IS NULL OR l.expires_at <= now() OR l.ordinal = excluded.ordinal
+RETURNING shard, epoch;
+
+-- name: lease_renew
+UPDATE shard_leases SET expires_at = now() + make_interval(secs => $3)
+WHERE pool = $1 AND owner = $2 AND shard = ANY($4::int[])
+RETURNING shard, epoch;
+
+-- name: lease_release
+UPDATE shard_leases SET owner = NULL, ordinal = NULL, expires_at = '-infinity'
+WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[])
+RETURNING shard;
+
+-- name: job_requeue_orphans
+-- After a take-over: attempts still `running` in the taken shards belong to a previous
+-- owner that can no longer complete them (its epoch is stale). Back to the queue.
+UPDATE jobs
+SET state = 'queued', run_at = now(), worker = NULL, lease_epoch = NULL,
+    error_history = error_history || jsonb_build_array(jsonb_build_object(
+        'attempt', attempts, 'error_type', 'WorkerLost',
+        'message', 'the worker running this attempt lost its shard lease',
+        'at', now()))
+WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'running'
+RETURNING id;
+
+-- name: job_claim_batch
+-- The next queued jobs of one priority lane across the caller's leased shards: at most
+-- $6 candidates per shard through jobs_claim_idx, the oldest $5 of them taken. The
+-- UPDATE re-checks `state` on the latest row version, so a job cancelled in between is
+-- skipped; the lease join fences the claim with the current epoch.
+WITH owned AS (
+    SELECT shard, epoch FROM shard_leases
+    WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[]) AND expires_at > now()
+), candidates AS (
+    SELECT c.id, c.run_at, o.epoch
+    FROM owned o
+    CROSS JOIN LATERAL (
+        SELECT id, run_at FROM jobs
+        WHERE pool = $1 AND shard = o.shard AND priority = $4 AND state = 'queued'
+          AND run_at <= now()
+        ORDER BY run_at, id
+        LIMIT $6
+    ) AS c
+    ORDER BY c.run_at, c.id
+    LIMIT $5
+)
+UPDATE jobs j
+SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker = $2,
+    lease_epoch = c.epoch
+FROM candidates c
+WHERE j.id = c.id AND j.state = 'queued'
+RETURNING j.id, j.tenant, j.shard, j.type, j.priority, j.payload::text, j.attempts,
+          j.max_attempts, j.duration, j.request_id, j.user_id, j.traceparent,
+          j.created_at, j.run_at, j.lease_epoch;
+
+-- name: job_retry_many
+-- Failed attempts with attempts left go back to the queue at their backoff time.
+UPDATE jobs j
+SET state = 'queued', run_at = r.run_at, worker = NULL, lease_epoch = NULL,
+    error_history = j.error_history || jsonb_build_array(r.error::jsonb)
+FROM unnest($3::uuid[], $4::timestamptz[], $5::text[]) AS r (id, run_at, error),
+     shard_leases l
+WHERE j.id = r.id AND j.pool = $1 AND j.state = 'running' AND j.worker = $2
+  AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2 AND l.epoch = j.lease_epoch
+RETURNING j.id;
+
+-- name: job_finish_many
+-- Ends running attempts in one round trip, whatever their outcome: each row names its
+-- final state (succeeded with a result, dead with a reason and a last error, or
+-- cancelled). They leave the hot table for job_history; dead ones also get a job_dlq
+-- row. Fenced: only rows still running under the caller's current lease epoch move.
+WITH finished AS (
+    DELETE FROM jobs j
+    USING unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])
+              AS r (id, state, result, reason, error),
+          shard_leases l
+    WHERE j.id = r.id AND j.pool = $1 AND j.state = 'running' AND j.worker = $2
+      AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2
+      AND l.epoch = j.lease_epoch
+    RETURNING j.*, r.state AS final_state, r.result AS final_result, r.reason,
+              CASE WHEN r.error IS NULL THEN j.error_history
+                   ELSE j.error_history || jsonb_build_array(r.error::jsonb) END AS errors
+), archived AS (
+    INSERT INTO job_history (
+        id, pool, tenant, shard, type, priority, state, payload, routing_key, dedupe_key,
+        attempts, max_attempts, result, progress, progress_message, progress_at,
+        error_history, request_id, user_id, replay_of, created_at, run_at, started_at
+    )
+    SELECT id, pool, tenant, shard, type, priority, final_state, payload, routing_key,
+           dedupe_key, attempts, max_attempts, final_result::jsonb, progress,
+           progress_message, progress_at, errors, request_id, user_id, replay_of,
+           created_at, run_at, started_at
+    FROM finished
+    RETURNING id
+), lettered AS (
+    INSERT INTO job_dlq (
+        pool, original_job_id, app_id, type, payload, priority, routing_key, error_reason,
+        attempts, error_history, request_id, user_id
+    )
+    SELECT pool, id, tenant, type, payload, priority, routing_key, reason, attempts, errors,
+           request_id, user_id
+    FROM finished
+    WHERE final_state = 'dead'
+)
+SELECT id, (SELECT 1 FROM pg_notify($8, $9)) AS notified FROM archived;
+
+-- name: job_progress_update
+WITH updated AS (
+    UPDATE jobs SET progress = $4, progress_message = $5, progress_at = now()
+    WHERE id = $3 AND pool = $1 AND state = 'running' AND worker = $2
+    RETURNING id
+)
+SELECT id, (SELECT 1 FROM pg_notify($6, id::text)) AS notified FROM updated;
+
+-- name: migration_lock
+SELECT pg_advisory_lock($1);
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: migration_table_create
+CREATE TABLE IF NOT EXISTS jobpool_migrations (
+    name        text PRIMARY KEY,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migration_table_exists
+SELECT to_regclass('jobpool_migrations') IS NOT NULL;
+
+-- name: migration_list
+SELECT name, checksum FROM jobpool_migrations;
+
+-- name: migration_record
+INSERT INTO jobpool_migrations (name, checksum) VALUES ($1, $2);

@@ -1,0 +1,109 @@
+"""Shared fixtures: one Postgres per session, a fresh database per test.
+
+The server is ``$JOBPOOL_TEST_DSN`` (a superuser URI) when set, else a throwaway
+embedded server started once per session. The schema is migrated once into a template
+database; each test that asks for ``dsn``/``conn`` gets its own copy of it
+(``CREATE DATABASE ... TEMPLATE``, a file copy: far faster than migrating), dropped
+after the test.
+
+Fixtures:
+
+* ``server_dsn`` (session): superuser URI of the ``postgres`` maintenance database.
+* ``dsn``: URI of a fresh, fully migrated database of this test's own.
+* ``conn``: an asyncpg connection to ``dsn``, closed after the test.
+* ``empty_dsn``: URI of a fresh, empty (unmigrated) database, for migration tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pg
+import pytest
+import pytest_asyncio
+
+from jobpool.store.migrate import migrate
+
+_SESSION = {"loop_scope": "session", "scope": "session"}
+_TEST = {"loop_scope": "session", "scope": "function"}
+
+
+@pytest.fixture(scope="session")
+def _server_uri() -> Iterator[tuple[str, bool]]:
+    """The server's superuser URI, and whether it is ours to reconfigure."""
+    env_dsn = os.environ.get("JOBPOOL_TEST_DSN")
+    if env_dsn:
+        yield env_dsn, False
+        return
+    with pg.embedded_server() as uri:
+        yield uri, True
+
+
+@pytest_asyncio.fixture(**_SESSION)
+async def server_dsn(_server_uri: tuple[str, bool]) -> str:
+    uri, throwaway = _server_uri
+    dsn = pg.with_database(uri, "postgres")
+    if throwaway:
+        admin = await asyncpg.connect(dsn)
+        try:
+            await pg.make_fast(admin)
+        finally:
+            await admin.close()
+    return dsn
+
+
+@pytest_asyncio.fixture(**_SESSION)
+async def _admin(server_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """One superuser connection for creating and dropping the test databases."""
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture(**_SESSION)
+async def _template(server_dsn: str, _admin: asyncpg.Connection) -> AsyncIterator[str]:
+    """Name of a database migrated once per session, copied by each ``dsn``."""
+    name = pg.random_name("jobpool_tmpl_")
+    await pg.create_database(_admin, name)
+    try:
+        conn = await asyncpg.connect(pg.with_database(server_dsn, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        await pg.drop_database(_admin, name)
+
+
+@pytest_asyncio.fixture(**_TEST)
+async def dsn(server_dsn: str, _admin: asyncpg.Connection, _template: str) -> AsyncIterator[str]:
+    name = pg.random_name("jobpool_t_")
+    await pg.create_database(_admin, name, template=_template)
+    try:
+        yield pg.with_database(server_dsn, name)
+    finally:
+        await pg.drop_database(_admin, name)
+
+
+@pytest_asyncio.fixture(**_TEST)
+async def empty_dsn(server_dsn: str, _admin: asyncpg.Connection) -> AsyncIterator[str]:
+    name = pg.random_name("jobpool_t_")
+    await pg.create_database(_admin, name)
+    try:
+        yield pg.with_database(server_dsn, name)
+    finally:
+        await pg.drop_database(_admin, name)
+
+
+@pytest_asyncio.fixture(**_TEST)
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
