@@ -6,6 +6,7 @@ picture.
 
 from jobpool import errors
 from jobpool.client import Client, Item, SyncClient
+from jobpool.errors import Permanent
 from jobpool.models import (
     CancelOutcome,
     DlqEntry,
@@ -19,10 +20,12 @@ from jobpool.models import (
     Priority,
     Progress,
 )
+from jobpool.worker.registry import Context, Registry
 
 __all__ = [
     "CancelOutcome",
     "Client",
+    "Context",
     "DlqEntry",
     "DlqPage",
     "Duration",
@@ -31,9 +34,11 @@ __all__ = [
     "Job",
     "JobState",
     "JobStatus",
+    "Permanent",
     "Pool",
     "Priority",
     "Progress",
+    "Registry",
     "SyncClient",
     "errors",
 ]

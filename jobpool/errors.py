@@ -40,6 +40,14 @@ class InvalidSchedule(InvalidInput):
     """Both ``delay`` and ``run_at`` given, a negative delay, or a naive ``run_at``."""
 
 
+class InvalidDsn(InvalidInput):
+    """A connection string the driver cannot parse (bad scheme, port, host or option)."""
+
+
+class InvalidName(InvalidInput):
+    """A pool or tenant name outside the allowed pattern."""
+
+
 class PoolNotFound(JobpoolError, LookupError):
     """The named pool has no row in the ``pools`` table (create it first)."""
 
@@ -78,3 +86,15 @@ class MigrationChanged(MigrationError):
 
 class DatabaseUnavailable(JobpoolError, ConnectionError):
     """The database could not be reached or refused the connection."""
+
+
+class Permanent(JobpoolError):
+    """Raised by a handler to fail its job for good: no retry, straight to the DLQ."""
+
+
+class HandlerMissing(JobpoolError):
+    """A claimed job's type has no handler in the worker's registry (terminal)."""
+
+
+class InvalidHandler(JobpoolError, TypeError):
+    """A handler registration the worker cannot run (bad name, signature or options)."""

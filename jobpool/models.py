@@ -6,6 +6,7 @@ a job's status, a dead-letter entry — is one of these immutable models.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -13,12 +14,51 @@ from typing import Any, NewType
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobpool.errors import InvalidJobType, InvalidName
+
 JobId = NewType("JobId", uuid.UUID)
 ShardId = NewType("ShardId", int)
 DlqId = NewType("DlqId", int)
 
 JSON = Any
 """A value that survives ``json.dumps``/``json.loads`` unchanged."""
+
+JOB_TYPE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$")
+
+
+def check_job_type(job_type: object) -> str:
+    """A job type name: a letter, then at most 127 of ``A-Z a-z 0-9 _ . : -``."""
+    if not isinstance(job_type, str) or not JOB_TYPE_PATTERN.fullmatch(job_type):
+        raise InvalidJobType(
+            f"invalid job type {job_type!r}: it must start with a letter and hold at most "
+            "128 of A-Z a-z 0-9 _ . : -"
+        )
+    return job_type
+
+
+POOL_NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?")
+MAX_TENANT_LENGTH = 128
+
+
+def check_pool_name(name: object) -> str:
+    """A pool name: a DNS label of at most 50 characters (it names Kubernetes objects)."""
+    if not isinstance(name, str) or not POOL_NAME_PATTERN.fullmatch(name):
+        raise InvalidName(
+            f"invalid pool name {name!r}: use at most 50 of a-z 0-9 -, "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_tenant(tenant: object) -> str:
+    """A tenant name: a non-empty string of printable characters, at most 128."""
+    if not (
+        isinstance(tenant, str) and 0 < len(tenant) <= MAX_TENANT_LENGTH and tenant.isprintable()
+    ):
+        raise InvalidName(
+            f"invalid tenant {tenant!r}: use 1 to {MAX_TENANT_LENGTH} printable characters"
+        )
+    return tenant
 
 
 class Priority(StrEnum):
@@ -179,6 +219,8 @@ class DlqEntry(_Frozen):
     payload: JSON
     priority: Priority
     key: str | None
+    max_attempts: int | None
+    duration: Duration
     error_reason: str
     attempts: int
     error_history: tuple[ErrorRecord, ...]

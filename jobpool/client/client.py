@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Self, overload
 
 import asyncpg
 
 from jobpool.client.dlq import DlqClient
-from jobpool.client.listener import EventListener
 from jobpool.client.validation import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -29,7 +28,6 @@ from jobpool.client.validation import (
 )
 from jobpool.errors import (
     BatchTooLarge,
-    DatabaseUnavailable,
     JobCancelled,
     JobFailed,
     JobNotFound,
@@ -46,31 +44,12 @@ from jobpool.models import (
     Pool,
     Priority,
     Progress,
+    check_pool_name,
+    check_tenant,
 )
-from jobpool.store import channels, jobs, pools
+from jobpool.store import channels, connect, jobs, pools
+from jobpool.store.listener import EventListener
 from jobpool.tracing import current_traceparent, tracer
-
-T = TypeVar("T")
-
-CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-async def _guard_connect(connect: Awaitable[T], dsn_hint: str) -> T:
-    """Turn the many ways a connection can fail into one clear typed error."""
-    try:
-        return await connect
-    except CONNECT_ERRORS as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database ({dsn_hint}): {exc}") from exc
-
-
-def _redacted(dsn: str) -> str:
-    """The DSN without its password, for error messages."""
-    scheme, sep, rest = dsn.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return dsn.split("?")[0] if sep else "<dsn>"
-    user = credentials.split(":")[0]
-    return f"{scheme}://{user}@{host}".split("?")[0]
 
 
 class Client:
@@ -87,8 +66,8 @@ class Client:
         max_connections: int = 10,
     ) -> None:
         self.dsn = dsn
-        self.pool_name = pool
-        self.tenant = tenant
+        self.pool_name = check_pool_name(pool)
+        self.tenant = check_tenant(tenant)
         self.max_payload_bytes = max_payload_bytes
         self.max_batch = max_batch
         self._max_connections = max_connections
@@ -106,14 +85,11 @@ class Client:
     async def connect(self) -> Self:
         """Open the connection pool and read the pool's shard count."""
         if self._conns is None:
-            self._conns = await _guard_connect(
-                asyncpg.create_pool(
-                    self.dsn,
-                    min_size=1,
-                    max_size=self._max_connections,
-                    server_settings=self._server_settings,
-                ),
-                _redacted(self.dsn),
+            self._conns = await connect.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self._max_connections,
+                server_settings=self._server_settings,
             )
         async with self._conns.acquire() as conn:
             self._pool = await pools.pool_get(conn, self.pool_name)
@@ -136,10 +112,7 @@ class Client:
         await self.close()
 
     async def _connect_one(self) -> asyncpg.Connection:
-        return await _guard_connect(
-            asyncpg.connect(self.dsn, server_settings=self._server_settings),
-            _redacted(self.dsn),
-        )
+        return await connect.connect(self.dsn, server_settings=self._server_settings)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -201,10 +174,16 @@ class Client:
         unfinished job returns that job (``duplicate=True``) instead of a new one.
         """
         options = SubmitOptions(
-            priority=priority, dedupe_key=dedupe_key, key=key, delay=delay, run_at=run_at,
-            max_attempts=max_attempts, duration=duration, request_id=request_id,
+            priority=priority,
+            dedupe_key=dedupe_key,
+            key=key,
+            delay=delay,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            duration=duration,
+            request_id=request_id,
             user_id=user_id,
-        )  # fmt: skip
+        )
         return await self._submit(job_type, payload, options)
 
     async def _submit(self, job_type: str, payload: Any, options: SubmitOptions) -> Job | list[Job]:

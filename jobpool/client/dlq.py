@@ -25,9 +25,13 @@ class DlqClient:
         """A page of unreplayed entries, oldest first; pass ``next_cursor`` for the next."""
         async with self._client.connection() as conn:
             return await dlq.dlq_list(
-                conn, self._client.pool_name, self._client.tenant,
-                type=type, limit=limit, cursor=cursor,
-            )  # fmt: skip
+                conn,
+                self._client.pool_name,
+                self._client.tenant,
+                type=type,
+                limit=limit,
+                cursor=cursor,
+            )
 
     async def get(self, entry_id: DlqId | int) -> DlqEntry:
         async with self._client.connection() as conn:
@@ -48,6 +52,8 @@ class DlqClient:
             options = SubmitOptions(
                 priority=entry.priority,
                 key=entry.key,
+                max_attempts=entry.max_attempts,
+                duration=entry.duration,
                 request_id=entry.request_id,
                 user_id=entry.user_id,
                 replay_of=entry.id,

@@ -28,7 +28,7 @@ CREATE TABLE jobs (
     attempts             integer NOT NULL DEFAULT 0,
     max_attempts         integer CHECK (max_attempts >= 1),
     duration             text NOT NULL DEFAULT 'short' CHECK (duration IN ('short', 'long')),
-    progress             real CHECK (progress BETWEEN 0 AND 1),
+    progress             double precision CHECK (progress BETWEEN 0 AND 1),
     progress_message     text,
     progress_at          timestamptz,
     error_history        jsonb NOT NULL DEFAULT '[]'
@@ -71,7 +71,7 @@ CREATE TABLE job_history (
     attempts        integer NOT NULL,
     max_attempts    integer,
     result          jsonb,
-    progress        real,
+    progress        double precision,
     progress_message text,
     progress_at     timestamptz,
     error_history   jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(error_history) = 'array'),
@@ -96,6 +96,8 @@ CREATE TABLE job_dlq (
     payload          jsonb NOT NULL,
     priority         smallint NOT NULL DEFAULT 1,
     routing_key      text,
+    max_attempts     integer,
+    duration         text NOT NULL DEFAULT 'short',
     error_reason     text NOT NULL,
     attempts         integer NOT NULL,
     error_history    jsonb NOT NULL DEFAULT '[]'

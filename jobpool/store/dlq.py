@@ -15,14 +15,26 @@ from jobpool.models import DlqEntry, DlqId, DlqPage
 from jobpool.store import rows
 from jobpool.store.queries import QUERIES
 
+_MAX_BIGINT = 2**63 - 1
+
 
 def _decode_cursor(cursor: str | None) -> int:
     if cursor is None:
         return 0
     try:
-        return int(cursor)
-    except ValueError:
-        raise InvalidInput(f"invalid DLQ cursor {cursor!r}") from None
+        after = int(cursor)
+    except (TypeError, ValueError):
+        after = -1
+    if not 0 <= after <= _MAX_BIGINT:
+        raise InvalidInput(f"invalid DLQ cursor {cursor!r}")
+    return after
+
+
+def _entry_id(entry_id: object, pool: str, tenant: str) -> DlqId:
+    """A DLQ id as stored (a positive bigint); anything else cannot name an entry."""
+    if isinstance(entry_id, int) and not isinstance(entry_id, bool) and 0 < entry_id <= _MAX_BIGINT:
+        return DlqId(entry_id)
+    raise DlqEntryNotFound(f"no DLQ entry {entry_id!r} in pool {pool!r} for tenant {tenant!r}")
 
 
 async def dlq_list(
@@ -45,7 +57,7 @@ async def dlq_list(
 
 
 async def dlq_get(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> DlqEntry:
-    row = await conn.fetchrow(QUERIES["dlq_get"], entry_id, pool, tenant)
+    row = await conn.fetchrow(QUERIES["dlq_get"], _entry_id(entry_id, pool, tenant), pool, tenant)
     if row is None:
         raise DlqEntryNotFound(f"no DLQ entry {entry_id} in pool {pool!r} for tenant {tenant!r}")
     return rows.dlq_entry(row)
@@ -53,6 +65,7 @@ async def dlq_get(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> 
 
 async def dlq_mark_replayed(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> DlqEntry:
     """Mark an entry replayed (the caller enqueues the new job in the same transaction)."""
+    entry_id = _entry_id(entry_id, pool, tenant)
     row = await conn.fetchrow(QUERIES["dlq_mark_replayed"], entry_id, pool, tenant)
     if row is None:
         entry = await dlq_get(conn, pool, tenant, entry_id)

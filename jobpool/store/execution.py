@@ -9,7 +9,8 @@ pool's events channel once, so ``result()`` waiters wake up.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from asyncpg import Connection, Record
 
@@ -57,19 +58,25 @@ async def job_claim_batch(
     *,
     owner: str,
     shards: Sequence[int],
-    priority: Priority,
-    limit: int,
+    lanes: Mapping[Priority, int],
     per_shard_limit: int | None = None,
 ) -> list[ClaimedJob]:
-    """Claim up to ``limit`` due jobs of one priority lane from the owner's leased shards."""
+    """Claim due jobs from the owner's leased shards: up to ``lanes[p]`` of each lane ``p``.
+
+    ``per_shard_limit`` bounds the candidates read per shard and lane (default: the
+    largest lane want); a smaller bound keeps a claim's cost flat over many shards.
+    """
+    wanted = {p: n for p, n in lanes.items() if n > 0}
+    if not wanted or not shards:
+        return []
     rows = await conn.fetch(
         QUERIES["job_claim_batch"],
         pool,
         owner,
         list(shards),
-        priority.rank,
-        limit,
-        per_shard_limit or limit,
+        [p.rank for p in wanted],
+        list(wanted.values()),
+        per_shard_limit or max(wanted.values()),
     )
     return [_claimed(row) for row in rows]
 
@@ -134,3 +141,32 @@ async def job_progress_update(
         channels.events_channel(pool),
     )
     return row is not None
+
+
+async def job_release_many(
+    conn: Connection, pool: str, *, owner: str, job_ids: Sequence[JobId]
+) -> list[JobId]:
+    """Put claimed-but-never-started jobs back in the queue, their attempt uncounted."""
+    if not job_ids:
+        return []
+    rows = await conn.fetch(QUERIES["job_release_many"], pool, owner, list(job_ids))
+    return [JobId(row["id"]) for row in rows]
+
+
+async def job_next_due(conn: Connection, pool: str, *, shards: Sequence[int]) -> datetime | None:
+    """When the earliest delayed job of ``shards`` becomes due, or None if there is none."""
+    if not shards:
+        return None
+    value: datetime | None = await conn.fetchval(QUERIES["job_next_due"], pool, list(shards))
+    return value
+
+
+async def job_queue_depth(
+    conn: Connection, pool: str, *, shards: Sequence[int]
+) -> dict[Priority, int]:
+    """Queued jobs per priority lane in ``shards`` (every lane present, zeros included)."""
+    rows = await conn.fetch(QUERIES["job_queue_depth"], pool, list(shards))
+    depth = dict.fromkeys(Priority, 0)
+    for row in rows:
+        depth[Priority.from_rank(row["priority"])] = row["queued"]
+    return depth

@@ -56,6 +56,10 @@ def _insert_args(pool: str, tenant: str, jobs: Sequence[NewJob]) -> list[object]
     ]
 
 
+def _dedupe_order(job: NewJob) -> tuple[bool, str]:
+    return job.dedupe_key is None, job.dedupe_key or ""
+
+
 def _new_job(pool: str, tenant: str, job: NewJob, row: Record) -> Job:
     return Job(
         id=job.id,
@@ -105,7 +109,10 @@ async def job_insert_many(
     pending = list(range(len(jobs)))
     wake = (channels.worker_channel(pool), channels.shards_payload(j.shard for j in jobs))
     for _ in range(_DEDUPE_ROUNDS):
-        args = _insert_args(pool, tenant, [jobs[i] for i in pending])
+        # Dedupe keys in one global order: two batches that share keys then wait on
+        # each other's unique-index entries in the same order and cannot deadlock.
+        batch = sorted((jobs[i] for i in pending), key=_dedupe_order)
+        args = _insert_args(pool, tenant, batch)
         inserted = {
             row["id"]: row for row in await conn.fetch(QUERIES["job_insert_many"], *args, *wake)
         }

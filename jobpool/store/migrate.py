@@ -37,6 +37,7 @@ MIGRATION_LOCK_KEY: int = 0x6A6F62706F6F6C4D
 
 _FILE_NAME = re.compile(r"(\d{4})_[A-Za-z0-9_]+\.sql", re.ASCII)
 
+
 class Migration(BaseModel):
     """One migration file: its name (``0001_initial.sql``), sha256 hex and SQL text."""
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from asyncpg import Connection, Record
 
-from jobpool.errors import PoolNotFound
-from jobpool.models import Pool
+from jobpool.errors import InvalidInput, PoolNotFound
+from jobpool.models import Pool, check_pool_name
 from jobpool.store import channels
 from jobpool.store.queries import QUERIES
+
+MAX_SHARDS = 4096
 
 
 def _pool(row: Record) -> Pool:
@@ -31,12 +33,19 @@ async def pool_get(conn: Connection, name: str) -> Pool:
 
 async def pool_ensure(conn: Connection, name: str, *, shards: int, replicas: int = 1) -> Pool:
     """Create the pool if it is missing; an existing pool keeps its shards and ring."""
+    check_pool_name(name)
+    if not 1 <= shards <= MAX_SHARDS:
+        raise InvalidInput(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
+    if replicas < 0:
+        raise InvalidInput(f"replicas must be >= 0, got {replicas}")
     row = await conn.fetchrow(QUERIES["pool_create"], name, shards, replicas)
     return _pool(row) if row is not None else await pool_get(conn, name)
 
 
 async def pool_set_replicas(conn: Connection, name: str, replicas: int) -> Pool:
     """Change the ring; bumps ``ring_version`` and wakes the pool's workers if it moved."""
+    if replicas < 0:
+        raise InvalidInput(f"replicas must be >= 0, got {replicas}")
     async with conn.transaction():
         row = await conn.fetchrow(QUERIES["pool_set_replicas"], name, replicas)
         if row is None:

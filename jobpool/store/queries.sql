@@ -100,7 +100,8 @@ FROM target t;
 SELECT state FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3;
 
 -- name: dlq_list
-SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key, error_reason,
+SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
 FROM job_dlq
 WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL
@@ -109,14 +110,16 @@ ORDER BY id
 LIMIT $5;
 
 -- name: dlq_get
-SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key, error_reason,
+SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
 FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3;
 
 -- name: dlq_mark_replayed
 UPDATE job_dlq SET replayed_at = now()
 WHERE id = $1 AND pool = $2 AND app_id = $3 AND replayed_at IS NULL
-RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key, error_reason,
+RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
 
 -- name: dlq_purge
@@ -161,31 +164,35 @@ WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'running'
 RETURNING id;
 
 -- name: job_claim_batch
--- The next queued jobs of one priority lane across the caller's leased shards: at most
--- $6 candidates per shard through jobs_claim_idx, the oldest $5 of them taken. The
--- UPDATE re-checks `state` on the latest row version, so a job cancelled in between is
+-- The next due jobs of several priority lanes at once across the caller's leased
+-- shards: per (shard, lane) at most $6 candidates through jobs_claim_idx, then per lane
+-- the oldest `wanted` of them. One round trip fills every lane's buffer. The UPDATE
+-- re-checks `state` on the latest row version, so a job cancelled in between is
 -- skipped; the lease join fences the claim with the current epoch.
 WITH owned AS (
     SELECT shard, epoch FROM shard_leases
     WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[]) AND expires_at > now()
+), lanes AS (
+    SELECT priority, wanted FROM unnest($4::smallint[], $5::int[]) AS l (priority, wanted)
+    WHERE wanted > 0
 ), candidates AS (
-    SELECT c.id, c.run_at, o.epoch
+    SELECT c.id, o.epoch, l.wanted,
+           row_number() OVER (PARTITION BY l.priority ORDER BY c.run_at, c.id) AS rank
     FROM owned o
+    CROSS JOIN lanes l
     CROSS JOIN LATERAL (
         SELECT id, run_at FROM jobs
-        WHERE pool = $1 AND shard = o.shard AND priority = $4 AND state = 'queued'
+        WHERE pool = $1 AND shard = o.shard AND priority = l.priority AND state = 'queued'
           AND run_at <= now()
         ORDER BY run_at, id
         LIMIT $6
     ) AS c
-    ORDER BY c.run_at, c.id
-    LIMIT $5
 )
 UPDATE jobs j
 SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker = $2,
     lease_epoch = c.epoch
 FROM candidates c
-WHERE j.id = c.id AND j.state = 'queued'
+WHERE j.id = c.id AND c.rank <= c.wanted AND j.state = 'queued'
 RETURNING j.id, j.tenant, j.shard, j.type, j.priority, j.payload::text, j.attempts,
           j.max_attempts, j.duration, j.request_id, j.user_id, j.traceparent,
           j.created_at, j.run_at, j.lease_epoch;
@@ -197,8 +204,9 @@ SET state = 'queued', run_at = r.run_at, worker = NULL, lease_epoch = NULL,
     error_history = j.error_history || jsonb_build_array(r.error::jsonb)
 FROM unnest($3::uuid[], $4::timestamptz[], $5::text[]) AS r (id, run_at, error),
      shard_leases l
-WHERE j.id = r.id AND j.pool = $1 AND j.state = 'running' AND j.worker = $2
-  AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2 AND l.epoch = j.lease_epoch
+WHERE j.id = ANY($3::uuid[]) AND j.id = r.id AND j.pool = $1 AND j.state = 'running'
+  AND j.worker = $2 AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2
+  AND l.epoch = j.lease_epoch
 RETURNING j.id;
 
 -- name: job_finish_many
@@ -211,8 +219,8 @@ WITH finished AS (
     USING unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])
               AS r (id, state, result, reason, error),
           shard_leases l
-    WHERE j.id = r.id AND j.pool = $1 AND j.state = 'running' AND j.worker = $2
-      AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2
+    WHERE j.id = ANY($3::uuid[]) AND j.id = r.id AND j.pool = $1 AND j.state = 'running'
+      AND j.worker = $2 AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2
       AND l.epoch = j.lease_epoch
     RETURNING j.*, r.state AS final_state, r.result AS final_result, r.reason,
               CASE WHEN r.error IS NULL THEN j.error_history
@@ -231,11 +239,11 @@ WITH finished AS (
     RETURNING id
 ), lettered AS (
     INSERT INTO job_dlq (
-        pool, original_job_id, app_id, type, payload, priority, routing_key, error_reason,
-        attempts, error_history, request_id, user_id
+        pool, original_job_id, app_id, type, payload, priority, routing_key, max_attempts,
+        duration, error_reason, attempts, error_history, request_id, user_id
     )
-    SELECT pool, id, tenant, type, payload, priority, routing_key, reason, attempts, errors,
-           request_id, user_id
+    SELECT pool, id, tenant, type, payload, priority, routing_key, max_attempts, duration,
+           reason, attempts, errors, request_id, user_id
     FROM finished
     WHERE final_state = 'dead'
 )
@@ -270,3 +278,52 @@ SELECT name, checksum FROM jobpool_migrations;
 
 -- name: migration_record
 INSERT INTO jobpool_migrations (name, checksum) VALUES ($1, $2);
+
+-- name: job_release_many
+-- Prefetched attempts that never started (worker shutting down or shard moving away)
+-- go back to the queue untouched: the attempt did not happen, so it is not counted.
+UPDATE jobs j
+SET state = 'queued', attempts = j.attempts - 1, started_at = NULL, worker = NULL,
+    lease_epoch = NULL
+FROM shard_leases l
+WHERE j.id = ANY($3::uuid[]) AND j.pool = $1 AND j.state = 'running' AND j.worker = $2
+  AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2 AND l.epoch = j.lease_epoch
+RETURNING j.id;
+
+-- name: job_next_due
+-- When the earliest delayed job of the caller's shards becomes due (the claim timer).
+SELECT min(next.run_at)
+FROM unnest($2::int[]) AS s (shard)
+CROSS JOIN LATERAL (
+    SELECT run_at FROM jobs
+    WHERE pool = $1 AND shard = s.shard AND priority = ANY('{0,1,2,3}'::smallint[])
+      AND state = 'queued' AND run_at > now()
+    ORDER BY run_at
+    LIMIT 1
+) AS next;
+
+-- name: job_queue_depth
+SELECT priority, count(*) AS queued
+FROM jobs
+WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'queued'
+GROUP BY priority;
+
+-- name: worker_heartbeat
+INSERT INTO workers AS w (pool, ordinal, incarnation, shards, running, succeeded, failed)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (pool, ordinal) DO UPDATE
+SET incarnation = excluded.incarnation,
+    started_at = CASE WHEN w.incarnation = excluded.incarnation THEN w.started_at
+                      ELSE now() END,
+    heartbeat_at = now(), shards = excluded.shards, running = excluded.running,
+    succeeded = excluded.succeeded, failed = excluded.failed;
+
+-- name: worker_remove
+DELETE FROM workers WHERE pool = $1 AND ordinal = $2 AND incarnation = $3;
+
+-- name: worker_list
+SELECT ordinal, incarnation, started_at, heartbeat_at, shards, running, succeeded, failed
+FROM workers WHERE pool = $1 ORDER BY ordinal;
+
+-- name: pool_queue_counts
+SELECT priority, state, count(*) AS jobs FROM jobs WHERE pool = $1 GROUP BY priority, state;

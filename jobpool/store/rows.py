@@ -14,6 +14,7 @@ from asyncpg import Record
 from jobpool.models import (
     DlqEntry,
     DlqId,
+    Duration,
     ErrorRecord,
     JobId,
     JobState,
@@ -74,6 +75,8 @@ def dlq_entry(row: Record) -> DlqEntry:
         payload=json.loads(row["payload"]),
         priority=Priority.from_rank(row["priority"]),
         key=row["routing_key"],
+        max_attempts=row["max_attempts"],
+        duration=Duration(row["duration"]),
         error_reason=row["error_reason"],
         attempts=row["attempts"],
         error_history=error_history(row["error_history"]),

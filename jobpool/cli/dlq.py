@@ -1,0 +1,184 @@
+"""``jobpool dlq …``: inspect, replay and purge the dead-letter queue of a pool.
+
+A job ends in the dead-letter queue when it fails for good (a permanent error, or its
+attempts ran out). Its entry stays pending until it is replayed (re-enqueued as a new
+job), and a replayed entry stays until it is purged. Every command acts on the pool
+and tenant given by ``--pool`` and ``--tenant``, through ``client.dlq``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from jobpool.cli.common import (
+    DEFAULT_TENANT,
+    CliError,
+    DsnOption,
+    ExitCode,
+    JsonOption,
+    PoolOption,
+    Target,
+    TenantOption,
+    command,
+    open_client,
+    run,
+)
+from jobpool.cli.output import (
+    dlq_entry_fields,
+    dlq_table,
+    echo_errors,
+    echo_fields,
+    echo_json,
+    print_table,
+)
+from jobpool.models import DlqEntry, DlqId, DlqPage, Job
+
+app = typer.Typer(
+    name="dlq",
+    help="Inspect, replay and purge the dead-letter queue (jobs that failed for good).",
+    no_args_is_help=True,
+)
+
+MAX_ENTRY_ID = 2**63 - 1
+"""Entry ids are Postgres bigints."""
+
+EntryIdArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="ID", show_default=False, help="The entry's id, as shown by `jobpool dlq list`."
+    ),
+]
+
+
+def parse_entry_id(text: str) -> DlqId:
+    """The entry id in ``text``; ``CliError`` (exit 2) if it is not a positive integer."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_ENTRY_ID:
+        raise CliError(
+            f"invalid dead-letter entry id {text!r}: expected a positive integer", ExitCode.USAGE
+        )
+    return DlqId(int(text))
+
+
+@app.command("list")
+@command
+def list_entries(
+    job_type: Annotated[
+        str | None,
+        typer.Option("--type", show_default=False, help="Only entries of this job type."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Entries per page.")] = 50,
+    cursor: Annotated[
+        str | None,
+        typer.Option(
+            show_default=False, help='Resume after a previous page: its "next cursor" value.'
+        ),
+    ] = None,
+    dsn: DsnOption = None,
+    pool: PoolOption = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+    json_output: JsonOption = False,
+) -> None:
+    """List pending (not yet replayed) entries, oldest first, one page at a time.
+
+    Prints a table, then "next cursor: …" when more entries follow: pass that value
+    to --cursor for the next page.
+    """
+    target = Target.from_options(dsn, pool, tenant)
+    page = run(_list(target, job_type, limit, cursor))
+    if json_output:
+        echo_json(page)
+    elif not page.entries:
+        typer.echo("no pending dead-letter entries")
+    else:
+        print_table(dlq_table(page.entries))
+        typer.echo(f"next cursor: {page.next_cursor}" if page.next_cursor else "last page")
+
+
+async def _list(target: Target, job_type: str | None, limit: int, cursor: str | None) -> DlqPage:
+    async with open_client(target) as client:
+        return await client.dlq.list(type=job_type, limit=limit, cursor=cursor)
+
+
+@app.command("show")
+@command
+def show(
+    entry_id: EntryIdArgument,
+    dsn: DsnOption = None,
+    pool: PoolOption = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+    json_output: JsonOption = False,
+) -> None:
+    """Show every field of one entry: payload, reason, attempts and error history."""
+    target, eid = Target.from_options(dsn, pool, tenant), parse_entry_id(entry_id)
+    entry = run(_show(target, eid))
+    if json_output:
+        echo_json(entry)
+        return
+    echo_fields(dlq_entry_fields(entry))
+    echo_errors(entry.error_history)
+
+
+async def _show(target: Target, entry_id: DlqId) -> DlqEntry:
+    async with open_client(target) as client:
+        return await client.dlq.get(entry_id)
+
+
+@app.command("replay")
+@command
+def replay(
+    entry_id: EntryIdArgument,
+    dsn: DsnOption = None,
+    pool: PoolOption = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+) -> None:
+    """Re-enqueue an entry's job as a new job and print the new job's id.
+
+    The entry is marked replayed in the same transaction. Exit status 4 if it was
+    already replayed, 3 if there is no such entry.
+    """
+    target, eid = Target.from_options(dsn, pool, tenant), parse_entry_id(entry_id)
+    typer.echo(str(run(_replay(target, eid)).id))
+
+
+async def _replay(target: Target, entry_id: DlqId) -> Job:
+    async with open_client(target) as client:
+        return await client.dlq.replay(entry_id)
+
+
+@app.command("purge")
+@command
+def purge(
+    older_than: Annotated[
+        float,
+        typer.Option(
+            "--older-than",
+            min=0,
+            metavar="DAYS",
+            show_default=False,
+            help="Delete entries replayed more than this many days ago (required).",
+        ),
+    ],
+    dsn: DsnOption = None,
+    pool: PoolOption = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+) -> None:
+    """Delete the tenant's entries replayed more than --older-than days ago.
+
+    Pending (never replayed) entries are always kept. Prints how many were deleted.
+    """
+    target = Target.from_options(dsn, pool, tenant)
+    deleted = run(_purge(target, timedelta(days=older_than)))
+    typer.echo(f"purged {deleted} replayed {'entry' if deleted == 1 else 'entries'}")
+
+
+async def _purge(target: Target, older_than: timedelta) -> int:
+    async with open_client(target) as client:
+        return await client.dlq.purge(older_than=older_than)
+
+
+def register(root: typer.Typer) -> None:
+    """Add the ``dlq`` command group to ``root``."""
+    root.add_typer(app, rich_help_panel="Dead-letter queue")

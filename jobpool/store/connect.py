@@ -1,0 +1,87 @@
+"""Opening connections with clear, typed errors, and keeping passwords out of them.
+
+asyncpg reports a bad connection string in several ways (``ValueError``,
+``OverflowError``, ``ClientConfigurationError``) and an unreachable or refusing server
+in several more (``OSError``, ``PostgresError``, ``InterfaceError``). Callers get one
+of two errors instead: ``InvalidDsn`` or ``DatabaseUnavailable``, whose messages name
+the DSN without its password and never echo the password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import asyncpg
+
+from jobpool.errors import DatabaseUnavailable, InvalidDsn
+
+UNREACHABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+MALFORMED = (ValueError, OverflowError, asyncpg.ClientConfigurationError)
+
+
+def dsn_label(dsn: str) -> str:
+    """``scheme://user@host/database`` — the DSN without password or parameters."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username
+    except ValueError:
+        return "<unparsable DSN>"
+    if not parts.scheme:
+        return "<unparsable DSN>"
+    who = f"{user}@" if user else ""
+    return f"{parts.scheme}://{who}{host}{parts.path}"
+
+
+def dsn_secrets(dsn: str) -> set[str]:
+    """The password(s) a DSN carries, in the forms they could be printed in."""
+    rest = dsn.partition("://")[2]
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    found = {part.rpartition("@")[0].partition(":")[2] for part in (rest, authority)}
+    found |= {value for key, value in parse_qsl(dsn.partition("?")[2]) if key == "password"}
+    found |= {unquote(value) for value in found}
+    return {value for value in found if value}
+
+
+def redact(message: str, dsn: str) -> str:
+    """``message`` with every password of ``dsn`` replaced by ``***``."""
+    for secret in sorted(dsn_secrets(dsn), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+@contextmanager
+def connect_errors(dsn: str) -> Iterator[None]:
+    """Turn the driver's connection failures into ``InvalidDsn``/``DatabaseUnavailable``."""
+    try:
+        yield
+    except MALFORMED as exc:
+        reason = redact(str(exc), dsn)
+        raise InvalidDsn(f"malformed DSN ({dsn_label(dsn)}): {reason}") from None
+    except UNREACHABLE as exc:
+        reason = redact(str(exc) or type(exc).__name__, dsn)
+        message = f"cannot connect to the database ({dsn_label(dsn)}): {reason}"
+        raise DatabaseUnavailable(message) from None
+
+
+def _check_port(dsn: str) -> None:
+    """asyncpg wraps an out-of-range port around instead of refusing it."""
+    for host in urlsplit(dsn).netloc.rpartition("@")[2].split(","):
+        port = urlsplit(f"//{host}").port  # raises ValueError: "Port out of range 0-65535"
+        if port == 0:
+            raise ValueError("Port out of range 1-65535")
+
+
+async def connect(dsn: str, **options: Any) -> asyncpg.Connection:
+    with connect_errors(dsn):
+        _check_port(dsn)
+        return await asyncpg.connect(dsn, **options)
+
+
+async def create_pool(dsn: str, **options: Any) -> asyncpg.Pool:
+    with connect_errors(dsn):
+        _check_port(dsn)
+        return await asyncpg.create_pool(dsn, **options)

@@ -1,0 +1,68 @@
+"""Worker rows (heartbeats, owned shards, counters) and pool-wide figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from asyncpg import Connection
+from pydantic import BaseModel, ConfigDict
+
+from jobpool.models import JobState, Priority
+from jobpool.store.queries import QUERIES
+
+
+class WorkerCounters(BaseModel):
+    """What one worker reports with each heartbeat."""
+
+    model_config = ConfigDict(frozen=True)
+
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class WorkerRow(WorkerCounters):
+    ordinal: int
+    incarnation: str
+    started_at: datetime
+    heartbeat_at: datetime
+    shards: tuple[int, ...]
+
+
+async def worker_heartbeat(
+    conn: Connection,
+    pool: str,
+    *,
+    ordinal: int,
+    incarnation: str,
+    shards: Sequence[int],
+    counters: WorkerCounters,
+) -> None:
+    await conn.execute(
+        QUERIES["worker_heartbeat"],
+        pool,
+        ordinal,
+        incarnation,
+        sorted(shards),
+        counters.running,
+        counters.succeeded,
+        counters.failed,
+    )
+
+
+async def worker_remove(conn: Connection, pool: str, *, ordinal: int, incarnation: str) -> None:
+    await conn.execute(QUERIES["worker_remove"], pool, ordinal, incarnation)
+
+
+async def worker_list(conn: Connection, pool: str) -> list[WorkerRow]:
+    rows = await conn.fetch(QUERIES["worker_list"], pool)
+    return [WorkerRow.model_validate({**dict(row), "shards": tuple(row["shards"])}) for row in rows]
+
+
+async def pool_queue_counts(conn: Connection, pool: str) -> dict[JobState, dict[Priority, int]]:
+    """Unfinished jobs of the pool by state (queued, running) and priority."""
+    counts = {state: dict.fromkeys(Priority, 0) for state in (JobState.QUEUED, JobState.RUNNING)}
+    for row in await conn.fetch(QUERIES["pool_queue_counts"], pool):
+        counts[JobState(row["state"])][Priority.from_rank(row["priority"])] = row["jobs"]
+    return counts

@@ -1,0 +1,85 @@
+"""Batched writes of attempt outcomes.
+
+Handlers hand their outcomes to ``add`` and move on; one writer task turns everything
+that accumulated into one ``job_finish_many`` and one ``job_retry_many`` round trip.
+Under load, batches grow by themselves (outcomes pile up while a write is in flight);
+when idle, an outcome is written at once. No timer, no per-job round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+from jobpool.models import Finish, JobId, Retry
+from jobpool.store import execution
+from jobpool.worker.executor import Outcome
+
+log = logging.getLogger(__name__)
+
+OnWritten = Callable[[list[Outcome], set[JobId]], None]
+"""Called after each write with the batch and the ids the database accepted."""
+
+
+class Completer:
+    def __init__(
+        self, conns: asyncpg.Pool, *, pool: str, owner: str, batch: int, on_written: OnWritten
+    ) -> None:
+        self._conns = conns
+        self._pool = pool
+        self._owner = owner
+        self._batch = batch
+        self._on_written = on_written
+        self._pending: list[Outcome] = []
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._idle.clear()
+        self._arrived.set()
+
+    async def run(self) -> None:
+        """Write outcomes until cancelled; a failed write is retried, never dropped."""
+        while True:
+            await self._arrived.wait()
+            await self.run_once()
+
+    async def run_once(self) -> None:
+        batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+        if not self._pending:
+            self._arrived.clear()
+        if not batch:
+            self._idle.set()
+            return
+        try:
+            accepted = await self._write(batch)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("writing %d outcomes failed, retrying in 1 s: %s", len(batch), exc)
+            self._pending[:0] = batch
+            self._arrived.set()
+            await asyncio.sleep(1.0)
+            return
+        self._on_written(batch, accepted)
+        if not self._pending:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until every outcome added so far is written."""
+        await self._idle.wait()
+
+    async def _write(self, batch: list[Outcome]) -> set[JobId]:
+        finishes = [o for o in batch if isinstance(o, Finish)]
+        retries = [o for o in batch if isinstance(o, Retry)]
+        async with self._conns.acquire() as conn:
+            done = await execution.job_finish_many(
+                conn, self._pool, owner=self._owner, finishes=finishes
+            )
+            requeued = await execution.job_retry_many(
+                conn, self._pool, owner=self._owner, retries=retries
+            )
+        return set(done) | set(requeued)

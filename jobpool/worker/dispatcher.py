@@ -1,0 +1,271 @@
+"""Claiming and running: the worker's mailbox and its weighted priority scheduler.
+
+Per priority lane the dispatcher keeps a small buffer of claimed jobs (at most
+``lane_capacity``), so memory is bounded whatever the backlog. It claims for every
+lane below half its capacity in one round trip, and starts jobs while slots are free
+(``concurrency``), picking the lane by smooth weighted round-robin among the lanes
+with buffered work — so saturated lanes are served 4:3:2:1 and a lone lane gets every
+slot.
+
+It sleeps until something can change the answer: a NOTIFY for one of its shards, a
+finished job (a free slot), an ownership change, or the timer of the earliest delayed
+job. A lane whose claim came back empty is not asked again until such a wake-up. There
+is no poll loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from opentelemetry import propagate, trace
+
+from jobpool.models import (
+    ClaimedJob,
+    ErrorRecord,
+    Finish,
+    JobId,
+    JobState,
+    Priority,
+    Retry,
+    ShardId,
+)
+from jobpool.store import channels, execution
+from jobpool.tracing import tracer
+from jobpool.worker import metrics
+from jobpool.worker.completer import Completer
+from jobpool.worker.executor import JobContext, Outcome, ReportProgress, execute
+from jobpool.worker.ownership import Ownership
+from jobpool.worker.registry import Registry
+from jobpool.worker.scheduler import WeightedLanes
+from jobpool.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+MAX_TIMER_S = 60.0
+"""Longest sleep without a wake-up: bounds the damage of a missed timer, not a poll."""
+
+
+@dataclass
+class Running:
+    job: ClaimedJob
+    ctx: JobContext
+    task: asyncio.Task[None]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        conns: asyncpg.Pool,
+        registry: Registry,
+        *,
+        ownership: Ownership,
+        completer: Completer,
+        report_progress: ReportProgress,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._conns = conns
+        self._registry = registry
+        self._ownership = ownership
+        self._completer = completer
+        self._report = report_progress
+        self._clock = clock
+        self._lanes = WeightedLanes(settings.priority_weights)
+        self.buffers: dict[Priority, deque[ClaimedJob]] = {p: deque() for p in Priority}
+        self.running: dict[JobId, Running] = {}
+        self._empty: set[Priority] = set()
+        self._wake = asyncio.Event()
+        self._next_due: datetime | None = None
+        self.claiming = True
+        self.succeeded = 0
+        self.failed = 0
+
+    # -- wake-ups ------------------------------------------------------------------
+
+    def wake(self, *, new_work: bool = False) -> None:
+        if new_work:
+            self._empty.clear()
+        self._wake.set()
+
+    def on_notify(self, payload: str) -> None:
+        """A payload of the worker channel: new work, or a cancel request."""
+        if payload.startswith(channels.CANCEL_PREFIX):
+            self.cancel(payload.removeprefix(channels.CANCEL_PREFIX))
+        elif payload == channels.ALL or (
+            payload.isdigit() and ShardId(int(payload)) in self._ownership.held
+        ):
+            self.wake(new_work=True)
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def in_flight(self, shard: ShardId) -> int:
+        buffered = sum(job.shard == shard for buf in self.buffers.values() for job in buf)
+        return buffered + sum(r.job.shard == shard for r in self.running.values())
+
+    def buffered_ids(self) -> list[JobId]:
+        return [job.id for buf in self.buffers.values() for job in buf]
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a running job's task, or drop a buffered one as cancelled."""
+        for run in self.running.values():
+            if str(run.job.id) == job_id:
+                run.ctx.cancel_requested = True
+                run.task.cancel()
+                return
+        for buf in self.buffers.values():
+            for job in buf:
+                if str(job.id) == job_id:
+                    buf.remove(job)
+                    self._completer.add(Finish(job_id=job.id, state=JobState.CANCELLED))
+                    return
+
+    def drop_shards(self, shards: set[ShardId]) -> None:
+        """The leases of ``shards`` are gone: stop their attempts, forget their buffers."""
+        for run in list(self.running.values()):
+            if run.job.shard in shards:
+                run.task.cancel()
+        for lane, buf in self.buffers.items():
+            self.buffers[lane] = deque(job for job in buf if job.shard not in shards)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            if self.claiming:
+                await self._claim()
+            self._start_ready()
+            await self._sleep()
+
+    async def run_once(self) -> None:
+        """One claim-and-start round (for tests)."""
+        await self._claim()
+        self._start_ready()
+
+    def _wants(self) -> dict[Priority, int]:
+        capacity = self._settings.lane_capacity
+        return {
+            lane: capacity - len(buf)
+            for lane, buf in self.buffers.items()
+            if lane not in self._empty and len(buf) <= capacity // 2
+        }
+
+    async def _claim(self) -> None:
+        shards = self._ownership.claimable
+        wants = self._wants()
+        if not shards or not wants:
+            return
+        per_shard = max(2, -(-2 * max(wants.values()) // len(shards)))
+        async with self._conns.acquire() as conn:
+            claimed = await execution.job_claim_batch(
+                conn,
+                self._settings.pool,
+                owner=self._settings.owner,
+                shards=shards,
+                lanes=wants,
+                per_shard_limit=per_shard,
+            )
+            got = {job.priority for job in claimed}
+            for job in claimed:
+                self.buffers[job.priority].append(job)
+            self._empty |= set(wants) - got
+            if self._empty == set(Priority):
+                self._next_due = await execution.job_next_due(
+                    conn, self._settings.pool, shards=shards
+                )
+
+    def _start_ready(self) -> None:
+        while len(self.running) < self._settings.concurrency:
+            lane = self._lanes.pick(p for p, buf in self.buffers.items() if buf)
+            if lane is None:
+                return
+            job = self.buffers[lane].popleft()
+            ctx = JobContext(job, self._report)
+            task = asyncio.create_task(self._run(job, ctx), name=f"job-{job.id}")
+            self.running[job.id] = Running(job, ctx, task)
+
+    async def _sleep(self) -> None:
+        timeout = MAX_TIMER_S
+        if self._next_due is not None:
+            due_in = (self._next_due - datetime.now(UTC)).total_seconds()
+            timeout = min(timeout, max(due_in, 0.0))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            self._next_due = None
+            self._empty.clear()
+
+    # -- one attempt -----------------------------------------------------------------
+
+    async def _run(self, job: ClaimedJob, ctx: JobContext) -> None:
+        pool = self._settings.pool
+        due = max(job.created_at, job.run_at)
+        metrics.SUBMIT_TO_START.labels(pool).observe(
+            max((datetime.now(UTC) - due).total_seconds(), 0.0)
+        )
+        parent = propagate.extract({"traceparent": job.traceparent} if job.traceparent else {})
+        started = self._clock()
+        try:
+            with tracer.start_as_current_span(
+                "jobpool.process",
+                context=parent,
+                kind=trace.SpanKind.CONSUMER,
+                attributes=_span_attributes(pool, job),
+            ):
+                outcome = await execute(job, ctx, self._registry, policy=self._settings.retry)
+            metrics.PROCESSING_SECONDS.labels(pool, job.type).observe(self._clock() - started)
+            self._count(job, outcome)
+            self._completer.add(outcome)
+        except asyncio.CancelledError:
+            log.info("attempt %d of job %s stopped: shutdown or lost lease", job.attempt, job.id)
+        finally:
+            self.running.pop(job.id, None)
+            self._wake.set()
+
+    def _count(self, job: ClaimedJob, outcome: Outcome) -> None:
+        pool = self._settings.pool
+        if isinstance(outcome, Retry):
+            metrics.FAILURES.labels(pool, job.type, outcome.error.error_type).inc()
+            self.failed += 1
+        elif outcome.state is JobState.SUCCEEDED:
+            metrics.COMPLETED.labels(pool, job.type).inc()
+            self.succeeded += 1
+        elif outcome.state is JobState.CANCELLED:
+            metrics.CANCELLATIONS.labels(pool, job.type).inc()
+        else:
+            metrics.FAILURES.labels(pool, job.type, outcome.reason or "unknown").inc()
+            self.failed += 1
+
+    def interrupt(self, late: set[asyncio.Task[None]]) -> None:
+        """Stop attempts still running after the drain timeout; retry them at once."""
+        for run in list(self.running.values()):
+            if run.task in late:
+                run.task.cancel()
+                now = datetime.now(UTC)
+                error = ErrorRecord(
+                    attempt=run.job.attempt,
+                    error_type="Interrupted",
+                    at=now,
+                    message="the worker shut down before the attempt ended",
+                )
+                self._completer.add(Retry(job_id=run.job.id, run_at=now, error=error))
+
+
+def _span_attributes(pool: str, job: ClaimedJob) -> dict[str, str | int]:
+    return {
+        "jobpool.pool": pool,
+        "jobpool.tenant": job.tenant,
+        "jobpool.job.id": str(job.id),
+        "jobpool.job.type": job.type,
+        "jobpool.job.priority": job.priority.value,
+        "jobpool.job.attempt": job.attempt,
+        "jobpool.job.shard": job.shard,
+    }

@@ -1,0 +1,77 @@
+"""Prometheus metrics of a worker, and the HTTP endpoint that serves them with probes.
+
+One process runs one worker, so the metrics live in prometheus-client's default
+registry. Gauges about the queue cover this worker's own shards: summed over the pods
+of a pool they give the pool's figures.
+
+The endpoint (prometheus-client's WSGI server, in a thread) answers ``/metrics``,
+``/healthz`` (the process is alive) and ``/readyz`` (the worker holds the shards the
+ring gives it and its last database round trip succeeded).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, make_server
+
+QUEUE_DEPTH = Gauge(
+    "jobpool_queue_depth", "Queued jobs in this worker's shards", ["pool", "priority"]
+)
+PROCESSING_SECONDS = Histogram(
+    "jobpool_job_processing_seconds", "Handler run time per attempt", ["pool", "type"]
+)
+FAILURES = Counter(
+    "jobpool_job_failures_total", "Failed attempts, by reason", ["pool", "type", "reason"]
+)
+DLQ_SIZE = Gauge("jobpool_dlq_size", "Unreplayed dead-letter entries of the pool", ["pool"])
+COMPLETED = Counter("jobpool_jobs_completed_total", "Jobs that succeeded", ["pool", "type"])
+CANCELLATIONS = Counter(
+    "jobpool_job_cancellations_total", "Running jobs cancelled on request", ["pool", "type"]
+)
+SUBMIT_TO_START = Histogram(
+    "jobpool_submit_to_start_seconds",
+    "From the time a job was due (submitted, or its run_at) to its handler's start",
+    ["pool"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SHARDS_OWNED = Gauge("jobpool_shards_owned", "Shard leases this worker holds", ["pool"])
+FENCED = Counter(
+    "jobpool_fenced_writes_total",
+    "Outcomes rejected because the shard's lease moved on (another owner took it)",
+    ["pool"],
+)
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def health_app(metrics: WsgiApp, ready: Callable[[], bool]) -> WsgiApp:
+    """``/healthz`` and ``/readyz`` in front of the metrics app."""
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == "/readyz":
+            ok = ready()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+            )
+            return [b"ready\n" if ok else b"not ready\n"]
+        return metrics(environ, start_response)
+
+    return app
+
+
+def serve(port: int, ready: Callable[[], bool], *, host: str = "0.0.0.0") -> WSGIServer:
+    """Serve metrics and probes on ``port`` from a daemon thread; returns the server."""
+    app = health_app(make_wsgi_app(), ready)
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="jobpool-metrics").start()
+    return server

@@ -1,0 +1,146 @@
+"""Shard ownership: follow the ring, hold the leases, drain before letting go.
+
+The ring (replicas R, from the pool's row) gives this ordinal its shards by jump
+consistent hash. Each ``run_once`` (every heartbeat, at most a third of the lease TTL,
+and at once when the ring changes):
+
+1. renews the leases held; a shard whose lease is gone was taken over: its running
+   attempts are cancelled at once (``on_lost``) — their writes would be fenced anyway;
+2. takes the wanted shards not held yet: free, expired, or held by an earlier
+   incarnation of this ordinal (taking requeues that incarnation's attempts);
+3. releases the shards the ring moved away once none of their attempts is in flight
+   (drain, then release: the new owner takes them at once, nothing is interrupted);
+4. writes the heartbeat row (owned shards, counters).
+
+``valid_until`` is the monotonic time until which every held lease is surely still
+ours (the renewal's start plus the TTL): the dispatcher starts no attempt past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from jobpool.models import ShardId
+from jobpool.sharding import shards_of
+from jobpool.store import leases, pools, workers
+from jobpool.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Ownership:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        conns: asyncpg.Pool,
+        *,
+        in_flight: Callable[[ShardId], int],
+        counters: Callable[[], workers.WorkerCounters],
+        on_lost: Callable[[set[ShardId]], None],
+        on_change: Callable[[], None],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._conns = conns
+        self._in_flight = in_flight
+        self._counters = counters
+        self._on_lost = on_lost
+        self._on_change = on_change
+        self._clock = clock
+        self.held: dict[ShardId, int] = {}
+        self.wanted: set[ShardId] = set()
+        self.ring_version = 0
+        self.valid_until = 0.0
+        self.healthy = False
+
+    @property
+    def claimable(self) -> list[ShardId]:
+        """Shards to claim from: held, still wanted, lease surely valid."""
+        if self._clock() >= self.valid_until:
+            return []
+        return sorted(s for s in self.held if s in self.wanted)
+
+    @property
+    def settled(self) -> bool:
+        """Holds exactly the shards the ring gives it (readiness)."""
+        return self.healthy and set(self.held) == self.wanted
+
+    async def read_ring(self) -> None:
+        async with self._conns.acquire() as conn:
+            pool = await pools.pool_get(conn, self._settings.pool)
+        ordinal = self._settings.ordinal
+        replicas = pool.replicas
+        wanted = (
+            shards_of(ordinal, shards=pool.shards, replicas=replicas) if ordinal < replicas else []
+        )
+        if pool.ring_version != self.ring_version:
+            log.info(
+                "ring v%d: %d replicas, ordinal %d wants %d of %d shards",
+                pool.ring_version,
+                replicas,
+                ordinal,
+                len(wanted),
+                pool.shards,
+            )
+        self.ring_version = pool.ring_version
+        self.wanted = {ShardId(s) for s in wanted}
+
+    async def run_once(self) -> None:
+        s = self._settings
+        started = self._clock()
+        async with self._conns.acquire() as conn:
+            renewed = await leases.lease_renew(
+                conn, s.pool, owner=s.owner, shards=list(self.held), ttl_s=s.lease_ttl_s
+            )
+            lost = set(self.held) - set(renewed)
+            missing = sorted(self.wanted - set(renewed))
+            taken = await leases.lease_take(
+                conn, s.pool, owner=s.owner, ordinal=s.ordinal, shards=missing, ttl_s=s.lease_ttl_s
+            )
+            held = renewed | taken
+            drained = [sh for sh in held if sh not in self.wanted and not self._in_flight(sh)]
+            released = await leases.lease_release(conn, s.pool, owner=s.owner, shards=drained)
+            for shard in released:
+                held.pop(shard, None)
+            await workers.worker_heartbeat(
+                conn,
+                s.pool,
+                ordinal=s.ordinal,
+                incarnation=s.incarnation,
+                shards=list(held),
+                counters=self._counters(),
+            )
+        self.valid_until = started + s.lease_ttl_s
+        self.healthy = True
+        self._apply(held, lost=lost, taken=set(taken), released=set(released))
+
+    def _apply(
+        self,
+        held: dict[ShardId, int],
+        *,
+        lost: set[ShardId],
+        taken: set[ShardId],
+        released: set[ShardId],
+    ) -> None:
+        self.held = held
+        if lost:
+            log.warning("lost the leases of shards %s: another worker took them", sorted(lost))
+            self._on_lost(lost)
+        if taken or released:
+            log.info("took shards %s, released shards %s", sorted(taken), sorted(released))
+        if lost or taken or released:
+            self._on_change()
+
+    async def release_all(self) -> None:
+        """On shutdown, after draining: hand every shard over at once."""
+        s = self._settings
+        async with self._conns.acquire() as conn:
+            await leases.lease_release(conn, s.pool, owner=s.owner, shards=list(self.held))
+            await workers.worker_remove(conn, s.pool, ordinal=s.ordinal, incarnation=s.incarnation)
+        self.held = {}

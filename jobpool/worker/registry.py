@@ -1,0 +1,113 @@
+"""Handlers: what a worker runs for each job type.
+
+``registry = Registry()`` and ``@registry.handler("send_email", payload=SendEmail)`` on
+``async def send_email(payload: SendEmail, ctx: Context)``. The payload model validates
+the job's JSON before the handler runs (an invalid payload is terminal); a handler
+without ``payload=`` gets the plain JSON value. Sync functions run in a thread pool.
+The handler's return value (JSON) becomes the job's result.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from jobpool.errors import HandlerMissing, InvalidHandler
+from jobpool.models import Duration, JobId, Priority, check_job_type
+from jobpool.worker.backoff import RetryPolicy
+
+HandlerFn = Callable[[Any, "Context"], Any]
+F = TypeVar("F", bound=HandlerFn)
+
+
+class Context(Protocol):
+    """What a handler knows about the attempt it runs, and how it reports progress."""
+
+    job_id: JobId
+    type: str
+    attempt: int
+    priority: Priority
+    tenant: str
+    request_id: str | None
+    user_id: str | None
+
+    async def report_progress(self, fraction: float | None, message: str | None = None) -> None:
+        """Record progress (0..1 and/or a message); ``client.progress()`` sees it at once."""
+        ...
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered handler and its options."""
+
+    name: str
+    fn: HandlerFn
+    payload_model: type[BaseModel] | None
+    duration: Duration
+    timeout_s: float | None
+    retry: RetryPolicy | None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def parse(self, payload: Any) -> Any:
+        """The handler's argument: the validated model, or the plain JSON value."""
+        if self.payload_model is None:
+            return payload
+        return self.payload_model.model_validate(payload)
+
+
+class Registry:
+    """Job type name -> handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def handler(
+        self,
+        name: str,
+        *,
+        payload: type[BaseModel] | None = None,
+        duration: Duration | str = Duration.SHORT,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function as the handler of job type ``name``."""
+        check_job_type(name)
+        if name in self._handlers:
+            raise InvalidHandler(f"job type {name!r} already has a handler")
+        if timeout is not None and timeout <= 0:
+            raise InvalidHandler(f"timeout of {name!r} must be > 0 seconds")
+        if max_attempts is not None:
+            retry = (retry or RetryPolicy()).model_copy(update={"max_attempts": max_attempts})
+
+        def register(fn: F) -> F:
+            self._handlers[name] = Handler(
+                name=name,
+                fn=fn,
+                payload_model=payload,
+                duration=Duration(duration),
+                timeout_s=timeout,
+                retry=retry,
+            )
+            return fn
+
+        return register
+
+    def get(self, name: str) -> Handler:
+        try:
+            return self._handlers[name]
+        except KeyError:
+            raise HandlerMissing(f"no handler for job type {name!r}") from None
+
+    def __iter__(self) -> Iterator[Handler]:
+        return iter(self._handlers.values())
+
+    def __len__(self) -> int:
+        return len(self._handlers)
