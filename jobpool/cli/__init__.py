@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from jobpool.cli import admin, dlq, jobs, submit
+from jobpool.cli import admin, dlq, jobs, submit, worker
 from jobpool.cli.common import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -56,6 +56,7 @@ submit.register(app)
 jobs.register(app)
 dlq.register(app)
 admin.register(app)
+worker.register(app)
 
 
 def main() -> None:

@@ -90,6 +90,7 @@ class Client:
                 min_size=1,
                 max_size=self._max_connections,
                 server_settings=self._server_settings,
+                reset=_keep_session,
             )
         async with self._conns.acquire() as conn:
             self._pool = await pools.pool_get(conn, self.pool_name)
@@ -116,7 +117,17 @@ class Client:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection bound to this client's tenant."""
+        """A pooled connection bound to this client's tenant, fully reset after use."""
+        async with self._connection() as conn:
+            try:
+                yield conn
+            finally:
+                await conn.reset()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for the client's own statements, which leave no session
+        state behind: released without the reset round trip."""
         if self._conns is None:
             raise RuntimeError("the client is not connected: use `async with Client(...)`")
         async with self._conns.acquire() as conn:
@@ -190,7 +201,7 @@ class Client:
         with tracer.start_as_current_span("jobpool.submit") as span:
             new_jobs, is_batch = self.build(job_type, payload, options)
             span.set_attributes(self._span_attributes(job_type, new_jobs))
-            async with self.connection() as conn:
+            async with self._connection() as conn:
                 if any(job.dedupe_key for job in new_jobs):
                     async with conn.transaction():
                         inserted = await self._insert(conn, new_jobs)
@@ -237,7 +248,7 @@ class Client:
     # -- following and cancelling ------------------------------------------------
 
     async def status(self, job_id: JobId | str) -> JobStatus:
-        async with self.connection() as conn:
+        async with self._connection() as conn:
             return await jobs.job_status(conn, self.pool_name, self.tenant, _job_id(job_id))
 
     async def cancel(self, job_id: JobId | str) -> CancelOutcome:
@@ -245,7 +256,7 @@ class Client:
 
         Raises ``JobAlreadyFinished`` for an ended job, ``JobNotFound`` for an unknown one.
         """
-        async with self.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             return await jobs.job_cancel(conn, self.pool_name, self.tenant, _job_id(job_id))
 
     async def result(self, job_id: JobId | str, *, timeout: float | None = None) -> JSON:
@@ -291,6 +302,11 @@ async def _next_event(events: asyncio.Queue[str], job_id: JobId) -> None:
     wanted = {str(job_id), channels.ALL}
     while await events.get() not in wanted:
         pass
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool reset hook: the driver still rolls back an open transaction and drops
+    listeners; the client's connections hold no other session state to reset."""
 
 
 def _job_id(value: JobId | str) -> JobId:

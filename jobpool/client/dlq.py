@@ -23,7 +23,7 @@ class DlqClient:
         self, *, type: str | None = None, limit: int = 100, cursor: str | None = None
     ) -> DlqPage:
         """A page of unreplayed entries, oldest first; pass ``next_cursor`` for the next."""
-        async with self._client.connection() as conn:
+        async with self._client._connection() as conn:
             return await dlq.dlq_list(
                 conn,
                 self._client.pool_name,
@@ -34,7 +34,7 @@ class DlqClient:
             )
 
     async def get(self, entry_id: DlqId | int) -> DlqEntry:
-        async with self._client.connection() as conn:
+        async with self._client._connection() as conn:
             return await dlq.dlq_get(
                 conn, self._client.pool_name, self._client.tenant, DlqId(entry_id)
             )
@@ -45,7 +45,7 @@ class DlqClient:
         Both happen in one transaction. Raises ``DlqEntryAlreadyReplayed`` the second time.
         """
         client = self._client
-        async with client.connection() as conn, conn.transaction():
+        async with client._connection() as conn, conn.transaction():
             entry = await dlq.dlq_mark_replayed(
                 conn, client.pool_name, client.tenant, DlqId(entry_id)
             )
@@ -65,7 +65,7 @@ class DlqClient:
 
     async def purge(self, *, older_than: timedelta) -> int:
         """Delete this tenant's replayed entries older than ``older_than``; returns how many."""
-        async with self._client.connection() as conn:
+        async with self._client._connection() as conn:
             return await dlq.dlq_purge(
                 conn, self._client.pool_name, self._client.tenant, older_than=older_than
             )

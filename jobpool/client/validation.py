@@ -193,7 +193,8 @@ def _item_job(
         payload = item.payload
     job_id = new_job_id()
     routing_key = fields["key"] or fields["dedupe_key"] or str(job_id)
-    return NewJob(
+    # Every field was checked above: construct without a second validation pass.
+    return NewJob.model_construct(
         id=job_id,
         type=job_type,
         payload_json=encode_payload(payload, max_bytes=max_payload_bytes),

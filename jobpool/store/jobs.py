@@ -35,6 +35,12 @@ async def tenant_set_local(conn: Connection, tenant: str) -> None:
     await conn.execute(QUERIES["tenant_set_local"], tenant)
 
 
+def _column(values: list[object]) -> list[object] | None:
+    """An array parameter, or NULL when every value is NULL: unnest() pads a NULL
+    array with NULLs, and the driver skips encoding a whole array of them."""
+    return values if any(value is not None for value in values) else None
+
+
 def _insert_args(pool: str, tenant: str, jobs: Sequence[NewJob]) -> list[object]:
     return [
         pool,
@@ -44,15 +50,15 @@ def _insert_args(pool: str, tenant: str, jobs: Sequence[NewJob]) -> list[object]
         [j.type for j in jobs],
         [j.priority.rank for j in jobs],
         [j.payload_json for j in jobs],
-        [j.key for j in jobs],
-        [j.dedupe_key for j in jobs],
-        [j.run_at for j in jobs],
-        [j.max_attempts for j in jobs],
+        _column([j.key for j in jobs]),
+        _column([j.dedupe_key for j in jobs]),
+        _column([j.run_at for j in jobs]),
+        _column([j.max_attempts for j in jobs]),
         [j.duration.value for j in jobs],
-        [j.request_id for j in jobs],
-        [j.user_id for j in jobs],
-        [j.traceparent for j in jobs],
-        [j.replay_of for j in jobs],
+        _column([j.request_id for j in jobs]),
+        _column([j.user_id for j in jobs]),
+        _column([j.traceparent for j in jobs]),
+        _column([j.replay_of for j in jobs]),
     ]
 
 
@@ -61,7 +67,8 @@ def _dedupe_order(job: NewJob) -> tuple[bool, str]:
 
 
 def _new_job(pool: str, tenant: str, job: NewJob, row: Record) -> Job:
-    return Job(
+    # Every field comes from validated input or from the database: no re-validation.
+    return Job.model_construct(
         id=job.id,
         pool=pool,
         tenant=tenant,
@@ -72,6 +79,7 @@ def _new_job(pool: str, tenant: str, job: NewJob, row: Record) -> Job:
         run_at=row["run_at"],
         created_at=row["created_at"],
         dedupe_key=job.dedupe_key,
+        duplicate=False,
     )
 
 

