@@ -50,8 +50,12 @@ CREATE TABLE jobs (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- The claim query: next queued jobs of one shard and one priority lane, oldest run_at first.
-CREATE INDEX jobs_claim_idx ON jobs (pool, shard, priority, run_at, id) WHERE state = 'queued';
+-- The claim query: per shard and priority lane, the tenants with queued jobs (a loose
+-- index scan) and each tenant's oldest jobs by run_at.
+CREATE INDEX jobs_claim_idx ON jobs (pool, shard, priority, tenant, run_at, id)
+    WHERE state = 'queued';
+-- The claim timer: when the earliest delayed job of a shard becomes due.
+CREATE INDEX jobs_due_idx ON jobs (pool, shard, run_at) WHERE state = 'queued';
 -- Running jobs of a shard: rescue after a lease take-over, drain before release.
 CREATE INDEX jobs_running_idx ON jobs (pool, shard) WHERE state = 'running';
 -- Dedupe: one unfinished job per (pool, tenant, dedupe_key).

@@ -165,34 +165,66 @@ RETURNING id;
 
 -- name: job_claim_batch
 -- The next due jobs of several priority lanes at once across the caller's leased
--- shards: per (shard, lane) at most $6 candidates through jobs_claim_idx, then per lane
--- the oldest `wanted` of them. One round trip fills every lane's buffer. The UPDATE
--- re-checks `state` on the latest row version, so a job cancelled in between is
--- skipped; the lease join fences the claim with the current epoch.
-WITH owned AS (
+-- shards, tenants served round-robin within each lane. Per (shard, lane) a loose index
+-- scan over jobs_claim_idx lists the tenants with due jobs (one probe per tenant);
+-- each tenant offers its oldest $6 jobs; per lane the jobs are taken in rounds — every
+-- tenant's oldest, then every tenant's second oldest, … — up to the lane's `wanted`.
+-- So a tenant with a flood of jobs cannot delay another tenant's jobs of the same
+-- priority by more than one round. The UPDATE re-checks `state` on the latest row
+-- version (a job cancelled meanwhile is skipped); the lease join fences the claim.
+WITH RECURSIVE owned AS (
     SELECT shard, epoch FROM shard_leases
     WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[]) AND expires_at > now()
 ), lanes AS (
     SELECT priority, wanted FROM unnest($4::smallint[], $5::int[]) AS l (priority, wanted)
     WHERE wanted > 0
-), candidates AS (
-    SELECT c.id, o.epoch, l.wanted,
-           row_number() OVER (PARTITION BY l.priority ORDER BY c.run_at, c.id) AS rank
+), tenants AS (
+    SELECT o.shard, l.priority, first.tenant
     FROM owned o
     CROSS JOIN lanes l
     CROSS JOIN LATERAL (
-        SELECT id, run_at FROM jobs
+        SELECT tenant FROM jobs
         WHERE pool = $1 AND shard = o.shard AND priority = l.priority AND state = 'queued'
           AND run_at <= now()
+        ORDER BY tenant
+        LIMIT 1
+    ) AS first
+    UNION ALL
+    SELECT t.shard, t.priority, next.tenant
+    FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT tenant FROM jobs
+        WHERE pool = $1 AND shard = t.shard AND priority = t.priority AND state = 'queued'
+          AND run_at <= now() AND tenant > t.tenant
+        ORDER BY tenant
+        LIMIT 1
+    ) AS next
+), offered AS (
+    SELECT c.id, c.run_at, t.priority, t.tenant,
+           row_number() OVER (PARTITION BY t.priority, t.tenant ORDER BY c.run_at, c.id)
+               AS turn
+    FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT id, run_at FROM jobs
+        WHERE pool = $1 AND shard = t.shard AND priority = t.priority AND tenant = t.tenant
+          AND state = 'queued' AND run_at <= now()
         ORDER BY run_at, id
         LIMIT $6
     ) AS c
+), ranked AS (
+    SELECT o.id, l.wanted,
+           row_number() OVER (PARTITION BY o.priority ORDER BY o.turn, o.run_at, o.id) AS rank
+    FROM offered o
+    JOIN lanes l USING (priority)
 )
+-- ARRAY(...) is computed once, so the UPDATE finds its rows by primary key whatever the
+-- planner believes about the backlog.
 UPDATE jobs j
 SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker = $2,
-    lease_epoch = c.epoch
-FROM candidates c
-WHERE j.id = c.id AND c.rank <= c.wanted AND j.state = 'queued'
+    lease_epoch = w.epoch
+FROM owned w
+WHERE j.id = ANY (ARRAY(SELECT id FROM ranked WHERE rank <= wanted))
+  AND j.state = 'queued' AND w.shard = j.shard
 RETURNING j.id, j.tenant, j.shard, j.type, j.priority, j.payload::text, j.attempts,
           j.max_attempts, j.duration, j.request_id, j.user_id, j.traceparent,
           j.created_at, j.run_at, j.lease_epoch;
@@ -296,8 +328,7 @@ SELECT min(next.run_at)
 FROM unnest($2::int[]) AS s (shard)
 CROSS JOIN LATERAL (
     SELECT run_at FROM jobs
-    WHERE pool = $1 AND shard = s.shard AND priority = ANY('{0,1,2,3}'::smallint[])
-      AND state = 'queued' AND run_at > now()
+    WHERE pool = $1 AND shard = s.shard AND state = 'queued' AND run_at > now()
     ORDER BY run_at
     LIMIT 1
 ) AS next;
