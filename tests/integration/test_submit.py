@@ -14,7 +14,7 @@ import json
 import math
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,8 +22,6 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from jobpool import Client, Item, Job, JobState, Priority
@@ -673,19 +671,6 @@ async def test_unreachable_database_raises_without_leaking_the_password(
 
 
 # -- tracing -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Spans recorded by the global SDK tracer provider (installed once per process)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider), "another non-SDK tracer provider is installed"
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()
 
 
 async def test_submit_records_a_span_and_stores_its_traceparent(
