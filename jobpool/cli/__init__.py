@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from jobpool.cli import admin, dlq, jobs, submit, worker
+from jobpool.cli import admin, dev, dlq, jobs, submit, worker
 from jobpool.cli.common import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -57,6 +57,7 @@ jobs.register(app)
 dlq.register(app)
 admin.register(app)
 worker.register(app)
+dev.register(app)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from jobpool.errors import (
     PoolNotFound,
 )
 from jobpool.store.connect import connect, redact
+from jobpool.store.embedded import live_state
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -98,7 +99,8 @@ DsnOption = Annotated[
         metavar="URI",
         rich_help_panel=CONNECTION_PANEL,
         help="Postgres URI, e.g. postgresql://user:password@host:5432/db. "
-        "Prefer the environment variable, which keeps the password out of your shell history.",
+        "Prefer the environment variable, which keeps the password out of your shell history. "
+        "Default: the database of a running `jobpool dev`.",
     ),
 ]
 PoolOption = Annotated[
@@ -110,7 +112,7 @@ PoolOption = Annotated[
         show_default=False,
         metavar="NAME",
         rich_help_panel=CONNECTION_PANEL,
-        help="Name of the pool the jobs belong to (required).",
+        help="Name of the pool the jobs belong to (required, unless `jobpool dev` runs).",
     ),
 ]
 TenantOption = Annotated[
@@ -145,6 +147,7 @@ class Target:
     @classmethod
     def from_options(cls, dsn: str | None, pool: str | None, tenant: str) -> Target:
         checked_dsn = require_dsn(dsn)
+        pool = pool or dev_pool(checked_dsn)
         if not pool:
             raise CliError("no pool given: pass --pool or set JOBPOOL_POOL", ExitCode.USAGE)
         if not tenant:
@@ -157,12 +160,28 @@ class Target:
 # -- the DSN -----------------------------------------------------------------------
 
 
-
 def require_dsn(dsn: str | None) -> str:
-    """The DSN, checked for shape; ``CliError`` when missing or malformed."""
-    if not dsn:
-        raise CliError("no database given: pass --dsn or set JOBPOOL_DSN", ExitCode.USAGE)
-    return dsn
+    """The DSN, checked for shape; ``CliError`` when missing or malformed.
+
+    Without one, the database of a running ``jobpool dev`` (found through its state
+    file, see ``jobpool.store.embedded``) is used, with a one-line note on stderr.
+    """
+    if dsn:
+        return dsn
+    dev = live_state()
+    if dev is None:
+        raise CliError(
+            "no database given: pass --dsn or set JOBPOOL_DSN (or start `jobpool dev`)",
+            ExitCode.USAGE,
+        )
+    typer.echo(f"using the jobpool dev database at {redact(dev.dsn, dev.dsn)}", err=True)
+    return dev.dsn
+
+
+def dev_pool(dsn: str) -> str | None:
+    """The pool of the running ``jobpool dev`` whose database is ``dsn``, if any."""
+    dev = live_state()
+    return dev.pool if dev is not None and dev.dsn == dsn else None
 
 
 def scrub(message: str, dsn: str | None) -> str:

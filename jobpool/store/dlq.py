@@ -50,7 +50,10 @@ async def dlq_list(
     if not 1 <= limit <= 1000:
         raise InvalidInput(f"limit must be between 1 and 1000, got {limit}")
     after = _decode_cursor(cursor)
-    found = await conn.fetch(QUERIES["dlq_list"], pool, tenant, after, type, limit + 1)
+    if type is None:
+        found = await conn.fetch(QUERIES["dlq_list"], pool, tenant, after, limit + 1)
+    else:
+        found = await conn.fetch(QUERIES["dlq_list_by_type"], pool, tenant, after, type, limit + 1)
     entries = tuple(rows.dlq_entry(row) for row in found[:limit])
     next_cursor = str(entries[-1].id) if len(found) > limit else None
     return DlqPage(entries=entries, next_cursor=next_cursor)

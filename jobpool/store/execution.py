@@ -9,7 +9,7 @@ pool's events channel once, so ``result()`` waiters wake up.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from asyncpg import Connection, Record
@@ -52,6 +52,13 @@ def _error_json(error: ErrorRecord | None) -> str | None:
     return None if error is None else error.model_dump_json()
 
 
+def claim_spread(wanted: int, shards: int) -> int:
+    """Default bound of tenants visited, and of jobs each offers, per (shard, lane):
+    twice a fair share of the want (at least 2), so a claim fills up even when the
+    work sits in a few shards, and its cost stays bounded by the want, not the backlog."""
+    return max(2, -(-2 * wanted // max(shards, 1)))
+
+
 async def job_claim_batch(
     conn: Connection,
     pool: str,
@@ -60,15 +67,21 @@ async def job_claim_batch(
     shards: Sequence[int],
     lanes: Mapping[Priority, int],
     per_shard_limit: int | None = None,
+    cursors: Mapping[Priority, str] | None = None,
+    tenants_per_shard: int | None = None,
 ) -> list[ClaimedJob]:
     """Claim due jobs from the owner's leased shards: up to ``lanes[p]`` of each lane ``p``.
 
-    ``per_shard_limit`` bounds the candidates read per shard and lane (default: the
-    largest lane want); a smaller bound keeps a claim's cost flat over many shards.
+    Tenants are served round-robin: a claim visits ``tenants_per_shard`` tenants per
+    shard and lane, starting after ``cursors[p]`` (move it with ``rotate_cursor``), and
+    each offers at most ``per_shard_limit`` jobs per shard; both default to
+    ``claim_spread``, which bounds a claim's cost whatever the backlog and tenants.
     """
     wanted = {p: n for p, n in lanes.items() if n > 0}
     if not wanted or not shards:
         return []
+    cursors = cursors or {}
+    spread = claim_spread(max(wanted.values()), len(shards))
     rows = await conn.fetch(
         QUERIES["job_claim_batch"],
         pool,
@@ -76,9 +89,17 @@ async def job_claim_batch(
         list(shards),
         [p.rank for p in wanted],
         list(wanted.values()),
-        per_shard_limit or max(wanted.values()),
+        per_shard_limit or spread,
+        [cursors.get(p, "") for p in wanted],
+        tenants_per_shard or spread,
     )
     return [_claimed(row) for row in rows]
+
+
+def rotate_cursor(cursor: str, tenants: Iterable[str]) -> str:
+    """The lane cursor after a claim that served ``tenants``: the last of them in the
+    claim's rotation order (those after ``cursor`` first, then the wrapped-around ones)."""
+    return max(tenants, key=lambda tenant: (tenant <= cursor, tenant), default=cursor)
 
 
 async def job_finish_many(

@@ -100,12 +100,22 @@ FROM target t;
 SELECT state FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3;
 
 -- name: dlq_list
+-- Two statements rather than `($4 IS NULL OR type = $4)`: a generic plan of that form
+-- walks the primary key instead of the partial index that holds the pending entries.
 SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
        max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
 FROM job_dlq
-WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL
-  AND id > $3 AND ($4::text IS NULL OR type = $4)
+WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND id > $3
+ORDER BY id
+LIMIT $4;
+
+-- name: dlq_list_by_type
+SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
+FROM job_dlq
+WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND type = $4 AND id > $3
 ORDER BY id
 LIMIT $5;
 
@@ -165,40 +175,57 @@ RETURNING id;
 
 -- name: job_claim_batch
 -- The next due jobs of several priority lanes at once across the caller's leased
--- shards, tenants served round-robin within each lane. Per (shard, lane) a loose index
--- scan over jobs_claim_idx lists the tenants with due jobs (one probe per tenant);
--- each tenant offers its oldest $6 jobs; per lane the jobs are taken in rounds — every
--- tenant's oldest, then every tenant's second oldest, … — up to the lane's `wanted`.
--- So a tenant with a flood of jobs cannot delay another tenant's jobs of the same
--- priority by more than one round. The UPDATE re-checks `state` on the latest row
--- version (a job cancelled meanwhile is skipped); the lease join fences the claim.
+-- shards, tenants served round-robin within each lane.
+--
+-- Per (shard, lane) a loose index scan over jobs_claim_idx visits at most $8 tenants
+-- with due jobs, in rotation: those after the lane's cursor $7 first, then, wrapping
+-- around, those up to it (one index probe per tenant). Each visited tenant offers its
+-- oldest $6 jobs; per lane the jobs are taken in rounds — every tenant's oldest, then
+-- every tenant's second oldest, … — up to the lane's `wanted`. The caller moves the
+-- cursor past the tenants it got (rotate_cursor), so every tenant gets its turn, one
+-- tenant's flood cannot delay another tenant's jobs by more than a round, and a claim
+-- reads a bounded number of index entries whatever the backlog and the tenant count.
+-- The UPDATE re-checks `state` on the latest row version (a job cancelled meanwhile is
+-- skipped); the lease join fences the claim with the current epoch.
 WITH RECURSIVE owned AS (
     SELECT shard, epoch FROM shard_leases
     WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[]) AND expires_at > now()
 ), lanes AS (
-    SELECT priority, wanted FROM unnest($4::smallint[], $5::int[]) AS l (priority, wanted)
+    SELECT priority, wanted, cursor
+    FROM unnest($4::smallint[], $5::int[], $7::text[]) AS l (priority, wanted, cursor)
     WHERE wanted > 0
 ), tenants AS (
-    SELECT o.shard, l.priority, first.tenant
+    SELECT o.shard, l.priority, l.cursor, first.tenant, first.wrapped, 1 AS visited
     FROM owned o
     CROSS JOIN lanes l
     CROSS JOIN LATERAL (
-        SELECT tenant FROM jobs
-        WHERE pool = $1 AND shard = o.shard AND priority = l.priority AND state = 'queued'
-          AND run_at <= now()
-        ORDER BY tenant
+        (SELECT tenant, false AS wrapped FROM jobs
+         WHERE pool = $1 AND shard = o.shard AND priority = l.priority AND state = 'queued'
+           AND run_at <= now() AND tenant > l.cursor
+         ORDER BY tenant LIMIT 1)
+        UNION ALL
+        (SELECT tenant, true FROM jobs
+         WHERE pool = $1 AND shard = o.shard AND priority = l.priority AND state = 'queued'
+           AND run_at <= now() AND tenant <= l.cursor
+         ORDER BY tenant LIMIT 1)
         LIMIT 1
     ) AS first
     UNION ALL
-    SELECT t.shard, t.priority, next.tenant
+    SELECT t.shard, t.priority, t.cursor, next.tenant, next.wrapped, t.visited + 1
     FROM tenants t
     CROSS JOIN LATERAL (
-        SELECT tenant FROM jobs
-        WHERE pool = $1 AND shard = t.shard AND priority = t.priority AND state = 'queued'
-          AND run_at <= now() AND tenant > t.tenant
-        ORDER BY tenant
+        (SELECT tenant, t.wrapped AS wrapped FROM jobs
+         WHERE pool = $1 AND shard = t.shard AND priority = t.priority AND state = 'queued'
+           AND run_at <= now() AND tenant > t.tenant AND (NOT t.wrapped OR tenant <= t.cursor)
+         ORDER BY tenant LIMIT 1)
+        UNION ALL
+        (SELECT tenant, true FROM jobs
+         WHERE pool = $1 AND shard = t.shard AND priority = t.priority AND state = 'queued'
+           AND run_at <= now() AND NOT t.wrapped AND tenant <= t.cursor
+         ORDER BY tenant LIMIT 1)
         LIMIT 1
     ) AS next
+    WHERE t.visited < $8
 ), offered AS (
     SELECT c.id, c.run_at, t.priority, t.tenant,
            row_number() OVER (PARTITION BY t.priority, t.tenant ORDER BY c.run_at, c.id)
@@ -358,3 +385,28 @@ FROM workers WHERE pool = $1 ORDER BY ordinal;
 
 -- name: pool_queue_counts
 SELECT priority, state, count(*) AS jobs FROM jobs WHERE pool = $1 GROUP BY priority, state;
+
+-- name: pool_oldest_queued_seconds
+-- Seconds the oldest due queued job of the pool has waited (NULL when none). One probe
+-- of jobs_due_idx per shard: a plain min(run_at) over the pool would read every row.
+SELECT extract(epoch FROM now() - min(first.run_at))::float8
+FROM pools p
+CROSS JOIN generate_series(0, p.shards - 1) AS s (shard)
+CROSS JOIN LATERAL (
+    SELECT run_at FROM jobs
+    WHERE pool = p.name AND shard = s.shard AND state = 'queued' AND run_at <= now()
+    ORDER BY run_at
+    LIMIT 1
+) AS first
+WHERE p.name = $1;
+
+-- name: pool_finished_count
+-- Jobs of the pool that ended (succeeded or dead) in the last $2 seconds: throughput.
+SELECT count(*) FROM job_history
+WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
+  AND state IN ('succeeded', 'dead');
+
+-- name: dlq_count_recent
+-- Unreplayed dead letters of the pool written in the last $2 seconds.
+SELECT count(*) FROM job_dlq
+WHERE pool = $1 AND replayed_at IS NULL AND dlq_at > now() - make_interval(secs => $2);

@@ -82,6 +82,7 @@ class Dispatcher:
         self.buffers: dict[Priority, deque[ClaimedJob]] = {p: deque() for p in Priority}
         self.running: dict[JobId, Running] = {}
         self._empty: set[Priority] = set()
+        self._cursors: dict[Priority, str] = dict.fromkeys(Priority, "")
         self._wake = asyncio.Event()
         self._next_due: datetime | None = None
         self.claiming = True
@@ -163,7 +164,6 @@ class Dispatcher:
         wants = self._wants()
         if not shards or not wants:
             return
-        per_shard = max(2, -(-2 * max(wants.values()) // len(shards)))
         async with self._conns.acquire() as conn:
             claimed = await execution.job_claim_batch(
                 conn,
@@ -171,11 +171,14 @@ class Dispatcher:
                 owner=self._settings.owner,
                 shards=shards,
                 lanes=wants,
-                per_shard_limit=per_shard,
+                cursors=self._cursors,
             )
             got = {job.priority for job in claimed}
             for job in claimed:
                 self.buffers[job.priority].append(job)
+            for lane in got:
+                served = (job.tenant for job in claimed if job.priority is lane)
+                self._cursors[lane] = execution.rotate_cursor(self._cursors[lane], served)
             self._empty |= set(wants) - got
             if self._empty == set(Priority):
                 self._next_due = await execution.job_next_due(

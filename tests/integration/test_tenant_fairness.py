@@ -24,14 +24,16 @@ async def _take_all(conn: asyncpg.Connection, pool: Pool) -> list[int]:
     return sorted(taken)
 
 
-async def _claim(conn: asyncpg.Connection, pool: Pool, shards: list[int]) -> list[str]:
+async def _claim(
+    conn: asyncpg.Connection, pool: Pool, shards: list[int], cursor: str = ""
+) -> list[str]:
     claimed = await execution.job_claim_batch(
         conn,
         pool.name,
         owner=OWNER,
         shards=shards,
         lanes={Priority.NORMAL: BATCH},
-        per_shard_limit=2,
+        cursors={Priority.NORMAL: cursor},
     )
     return [job.tenant for job in claimed]
 
@@ -54,17 +56,31 @@ async def test_a_flood_does_not_delay_another_tenants_jobs(
     assert first.count("small") >= BATCH // 2 - 1  # rounds interleave the two tenants
 
 
-async def test_rounds_share_a_batch_equally_between_busy_tenants(
+async def test_the_cursor_rotates_claims_through_all_busy_tenants(
     dsn: str, conn: asyncpg.Connection, pool: Pool
 ) -> None:
+    """A claim visits a bounded number of tenants per shard (here 2 of 4); the cursor
+    moves past the tenants served, so consecutive claims share the lane equally."""
     for tenant in ("a", "b", "c", "d"):
         async with Client(dsn, pool=pool.name, tenant=tenant) as client:
             await client.submit("work", [{"i": i} for i in range(200)])
     shards = await _take_all(conn, pool)
 
-    tenants = await _claim(conn, pool, shards)
+    served: list[str] = []
+    cursor = ""
+    for _ in range(4):
+        tenants = await _claim(conn, pool, shards, cursor)
+        cursor = execution.rotate_cursor(cursor, tenants)
+        served += tenants
 
-    assert {tenant: tenants.count(tenant) for tenant in "abcd"} == dict.fromkeys("abcd", 4)
+    assert {tenant: served.count(tenant) for tenant in "abcd"} == dict.fromkeys("abcd", 16)
+
+
+def test_rotate_cursor_follows_the_claims_rotation_order() -> None:
+    assert execution.rotate_cursor("", ["a", "b"]) == "b"
+    assert execution.rotate_cursor("b", ["c", "d"]) == "d"
+    assert execution.rotate_cursor("c", ["d", "a"]) == "a"  # wrapped around past the end
+    assert execution.rotate_cursor("c", []) == "c"
 
 
 async def test_a_lone_tenant_gets_the_whole_batch(
