@@ -8,6 +8,7 @@ the jittered half spreads a burst of failures over time.
 
 from __future__ import annotations
 
+import math
 import random
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +26,11 @@ class RetryPolicy(BaseModel):
 
     def delay_s(self, attempt: int, *, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed ``attempt`` (1-based) before the next one."""
-        ceiling = min(self.cap_s, self.base_s * self.factor ** max(attempt - 1, 0))
+        try:
+            growth = self.factor ** max(attempt - 1, 0)
+        except OverflowError:  # a very late attempt: the cap applies anyway
+            growth = math.inf
+        ceiling = min(self.cap_s, self.base_s * growth)
         return (rng or random).uniform(ceiling / 2, ceiling)
 
     def exhausted(self, attempt: int, max_attempts: int | None = None) -> bool:
