@@ -17,6 +17,7 @@ Fixtures:
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -25,6 +26,13 @@ import pytest
 import pytest_asyncio
 
 from jobpool.store.migrate import migrate
+
+# The suite must not see the developer's own settings or a running `jobpool dev`:
+# every JOBPOOL_* variable but the test server's goes, and dev state lives nowhere.
+for _name in [name for name in os.environ if name.startswith("JOBPOOL_")]:
+    if _name != "JOBPOOL_TEST_DSN":
+        del os.environ[_name]
+os.environ["JOBPOOL_DEV_DIR"] = tempfile.mkdtemp(prefix="jobpool-tests-no-dev-")
 
 _SESSION = {"loop_scope": "session", "scope": "session"}
 _TEST = {"loop_scope": "session", "scope": "function"}

@@ -54,6 +54,7 @@ from jobpool.models import JobState, Pool, Priority
 from jobpool.store import channels
 from jobpool.store.connect import UNREACHABLE, connect, redact
 from jobpool.store.embedded import (
+    DEV_DIR_ENV,
     PGDATA,
     DevState,
     EmbeddedServer,
@@ -62,6 +63,7 @@ from jobpool.store.embedded import (
     pid_alive,
     read_state,
     remove_state,
+    standard_data_dir,
     start_server,
     write_state,
 )
@@ -213,6 +215,13 @@ def _banner(
         else "off (--metrics-port 9100 serves worker i on 9100+i)"
     )
     pool = state.pool
+    if Path(state.data_dir) == standard_data_dir().expanduser().resolve():
+        other_terminal = "From another terminal (no setup needed: the commands find this database):"
+    else:
+        other_terminal = (
+            "From another terminal, after `export "
+            f"{DEV_DIR_ENV}={shlex.quote(state.data_dir)}` (the commands then find it):"
+        )
     return [
         f"jobpool dev: pool {pool!r}, {options.replicas} workers, handlers {options.app}",
         f"  database    {shown_dsn}{masked}",
@@ -221,7 +230,7 @@ def _banner(
         f"  worker logs {logs}{os.sep}worker-<ordinal>.log",
         f"  metrics     {metrics}",
         "",
-        "From another terminal (no setup needed: the commands find this database):",
+        other_terminal,
         '  jobpool submit send_email \'{"to": "ada@example.com"}\'',
         "  jobpool status <job id>   |   jobpool result <job id> --timeout 30",
         f"  jobpool ring --pool {pool} --replicas 3     # dev starts/stops workers to match",

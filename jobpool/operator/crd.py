@@ -162,27 +162,30 @@ def _convert(node: Schema, defs: Schema) -> Schema:
     node = _inline_ref(_flatten_optional(node), defs)
     out: Schema = {}
     for key, value in node.items():
-        if key in _DROPPED or (key == "default" and value is None):
-            continue
-        if key == "properties":
-            out[key] = {name: _convert(sub, defs) for name, sub in value.items()}
-        elif key == "items":
-            out[key] = _convert(value, defs)
-        elif key == "additionalProperties":
-            if isinstance(value, dict):
-                out[key] = _convert(value, defs)
-            elif value and not node.get("x-kubernetes-preserve-unknown-fields"):
-                raise ValueError(f"extra='allow' needs x-kubernetes-preserve-unknown-fields: {node}")
-        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
-            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
-            out[key] = True
-        elif key == "anyOf" and node.get("x-kubernetes-int-or-string"):
-            out[key] = value
-        elif key in _KEPT or key.startswith("x-kubernetes-"):
-            out[key] = value
-        else:
-            raise ValueError(f"schema keyword {key!r} has no structural equivalent: {node}")
+        if key not in _DROPPED and not (key == "default" and value is None):
+            out.update(_keyword(key, value, node, defs))
     return _ordered(out)
+
+
+def _keyword(key: str, value: Any, node: Schema, defs: Schema) -> Schema:
+    """One keyword of a pydantic schema as structural keywords (none, one or two)."""
+    if key == "properties":
+        return {key: {name: _convert(sub, defs) for name, sub in value.items()}}
+    if key == "items" or (key == "additionalProperties" and isinstance(value, dict)):
+        return {key: _convert(value, defs)}
+    if key == "additionalProperties":
+        if value and not node.get("x-kubernetes-preserve-unknown-fields"):
+            raise ValueError(f"extra='allow' needs x-kubernetes-preserve-unknown-fields: {node}")
+        return {}
+    if key in ("exclusiveMinimum", "exclusiveMaximum"):
+        return {key.replace("exclusiveM", "m"): value, key: True}
+    if key in _KEPT or key.startswith("x-kubernetes-") or _int_or_string(key, node):
+        return {key: value}
+    raise ValueError(f"schema keyword {key!r} has no structural equivalent: {node}")
+
+
+def _int_or_string(key: str, node: Schema) -> bool:
+    return key == "anyOf" and bool(node.get("x-kubernetes-int-or-string"))
 
 
 def _inline_ref(node: Schema, defs: Schema) -> Schema:

@@ -142,9 +142,7 @@ def render_statefulset(name: str, namespace: str, spec: JobPoolSpec) -> Manifest
             "template": {
                 "metadata": {
                     "labels": labels(name),
-                    "annotations": {
-                        CONFIG_HASH_ANNOTATION: config_hash(worker_settings(spec))
-                    },
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(worker_settings(spec))},
                 },
                 "spec": _pod_spec(name, spec),
             },

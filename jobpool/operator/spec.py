@@ -73,7 +73,12 @@ OPERATOR_ENV_NAMES = (
 """Variables the operator sets from the pod and the spec; ``spec.env`` may not set them
 (a user's ``POD_NAME`` or ``JOBPOOL_ORDINAL`` would give every pod the same shards)."""
 
-_CEL_NAMES = ", ".join(f"'{name}'" for name in OPERATOR_ENV_NAMES)
+_QUOTED_ENV_NAMES = ", ".join(f"'{name}'" for name in OPERATOR_ENV_NAMES)
+ENV_RULE = f"!(self.name in [{_QUOTED_ENV_NAMES}])"
+AUTOSCALING_RULE = (
+    "!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas"
+)
+SHARDS_RULE = "self.shards == oldSelf.shards"
 
 
 class InvalidSpec(InvalidInput):
@@ -164,7 +169,7 @@ class EnvVar(_SpecModel):
             "x-kubernetes-preserve-unknown-fields": True,
             "x-kubernetes-validations": [
                 {
-                    "rule": f"!(self.name in [{_CEL_NAMES}])",
+                    "rule": ENV_RULE,
                     "message": "is set by the operator from the pod and the spec",
                     "fieldPath": ".name",
                 }
@@ -205,12 +210,6 @@ class AutoscalingSpec(_SpecModel):
                 "min_above_max", "must be at least minReplicas ({min})", {"min": min_replicas}
             )
         return max_replicas
-
-
-AUTOSCALING_RULE = (
-    "!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas"
-)
-SHARDS_RULE = "self.shards == oldSelf.shards"
 
 
 class JobPoolSpec(_SpecModel):
@@ -388,4 +387,3 @@ def _problem(error: Any) -> tuple[str, str]:
     for part in error["loc"]:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path, error["msg"]
-

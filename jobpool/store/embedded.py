@@ -52,10 +52,13 @@ STOP_TIMEOUT_S = 60.0
 
 
 def default_data_dir() -> Path:
-    """``$JOBPOOL_DEV_DIR``, else ``$XDG_STATE_HOME/jobpool/dev``, else ``~/.local/state/…``."""
+    """``$JOBPOOL_DEV_DIR``, else :func:`standard_data_dir`."""
     explicit = os.environ.get(DEV_DIR_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
+    return Path(explicit).expanduser() if explicit else standard_data_dir()
+
+
+def standard_data_dir() -> Path:
+    """``$XDG_STATE_HOME/jobpool/dev``, else ``~/.local/state/jobpool/dev``."""
     state_home = os.environ.get("XDG_STATE_HOME", "")
     # The XDG spec says to ignore a relative path.
     base = Path(state_home) if os.path.isabs(state_home) else Path.home() / ".local" / "state"

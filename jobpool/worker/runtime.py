@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from jobpool.models import ClaimedJob, JobId
+from jobpool.models import ClaimedJob, JobId, Retry
 from jobpool.store import channels, connect, dlq, execution
 from jobpool.store.listener import EventListener
 from jobpool.store.workers import WorkerCounters
@@ -190,6 +190,9 @@ class Worker:
             )
 
     def _on_written(self, batch: list[Outcome], accepted: set[JobId]) -> None:
+        if any(isinstance(o, Retry) and o.job_id in accepted for o in batch):
+            # A retry is a delayed job of our own shards: the claim timer must see it.
+            self.dispatcher.wake(new_work=True)
         fenced = sum(outcome.job_id not in accepted for outcome in batch)
         if fenced:
             metrics.FENCED.labels(self.settings.pool).inc(fenced)
