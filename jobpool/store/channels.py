@@ -4,7 +4,8 @@ Two channels per pool, each notified at most once per transaction with a tiny pa
 (never a job's data):
 
 - the *worker* channel wakes the pool's workers: payload is a shard number, ``*`` (a
-  batch spanning shards), ``ring`` (the ring changed) or ``cancel:<job id>``;
+  batch spanning shards), ``ring`` (the ring changed), ``released`` (a worker let
+  shards go) or ``cancel:<job id>``;
 - the *events* channel tells clients waiting in ``result()``/``progress()`` that a
   job changed: payload is the job id, or ``*`` for a batch of changes.
 
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 
 ALL = "*"
 RING = "ring"
+RELEASED = "released"
 CANCEL_PREFIX = "cancel:"
 MAX_PAYLOAD_BYTES = 7900  # Postgres refuses NOTIFY payloads of 8000 bytes or more.
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from asyncpg import Connection
 
 from jobpool.models import ShardId
+from jobpool.store import channels
 from jobpool.store.queries import QUERIES
 
 
@@ -25,14 +26,29 @@ async def lease_take(
     ordinal: int,
     shards: Sequence[int],
     ttl_s: float,
+    supersede: bool = False,
 ) -> dict[ShardId, int]:
-    """Take what can be taken of ``shards``; returns ``{shard: epoch}`` of those taken."""
+    """Take what can be taken of ``shards``; returns ``{shard: epoch}`` of those taken.
+
+    ``supersede`` (a worker's first take after it starts) also takes the live leases
+    of an earlier incarnation of the same ordinal.
+    """
     async with conn.transaction():
-        rows = await conn.fetch(QUERIES["lease_take"], pool, owner, ordinal, list(shards), ttl_s)
+        rows = await conn.fetch(
+            QUERIES["lease_take"], pool, owner, ordinal, list(shards), ttl_s, supersede
+        )
         taken = {ShardId(row["shard"]): row["epoch"] for row in rows}
         if taken:
             await conn.execute(QUERIES["job_requeue_orphans"], pool, list(taken))
         return taken
+
+
+async def lease_holders(
+    conn: Connection, pool: str, shards: Sequence[int]
+) -> dict[ShardId, tuple[str, int]]:
+    """Who holds ``shards`` now: ``{shard: (owner, ordinal)}`` for the held ones."""
+    rows = await conn.fetch(QUERIES["lease_holders"], pool, list(shards))
+    return {ShardId(row["shard"]): (row["owner"], row["ordinal"]) for row in rows}
 
 
 async def lease_renew(
@@ -46,6 +62,9 @@ async def lease_renew(
 async def lease_release(
     conn: Connection, pool: str, *, owner: str, shards: Sequence[int]
 ) -> list[ShardId]:
-    """Give shards up (after draining them) so their new owner may take them at once."""
-    rows = await conn.fetch(QUERIES["lease_release"], pool, owner, list(shards))
+    """Give shards up (after draining them); their next owner is woken to take them."""
+    if not shards:
+        return []
+    wake = (channels.worker_channel(pool), channels.RELEASED)
+    rows = await conn.fetch(QUERIES["lease_release"], pool, owner, list(shards), *wake)
     return [ShardId(row["shard"]) for row in rows]

@@ -139,17 +139,24 @@ SELECT jobpool_dlq_purge($1, $2, $3);
 SELECT count(*) FROM job_dlq WHERE pool = $1 AND replayed_at IS NULL;
 
 -- name: lease_take
--- Takes shards that are free, expired, or held by an earlier incarnation of the same
--- ordinal (a StatefulSet runs one pod per ordinal, and the epoch bump fences any
--- zombie). Every take bumps the epoch. Returns the shards taken with their new epoch.
+-- Takes shards that are free or expired and, when $6 (supersede) is true, those still
+-- held by an earlier incarnation of the same ordinal: a starting pod replaces its
+-- previous incarnation at once (a StatefulSet runs one pod per ordinal, and the epoch
+-- bump fences any zombie). Only a worker's first take supersedes, so a resumed zombie
+-- cannot take its shards back from its replacement. Every take bumps the epoch.
+-- Returns the shards taken with their new epoch.
 INSERT INTO shard_leases AS l (pool, shard, owner, ordinal, epoch, expires_at)
 SELECT $1, s, $2, $3, 1, now() + make_interval(secs => $5)
 FROM unnest($4::int[]) AS s
 ON CONFLICT (pool, shard) DO UPDATE
 SET owner = excluded.owner, ordinal = excluded.ordinal, epoch = l.epoch + 1,
     expires_at = excluded.expires_at
-WHERE l.owner IS NULL OR l.expires_at <= now() OR l.ordinal = excluded.ordinal
+WHERE l.owner IS NULL OR l.expires_at <= now() OR ($6 AND l.ordinal = excluded.ordinal)
 RETURNING shard, epoch;
+
+-- name: lease_holders
+SELECT shard, owner, ordinal FROM shard_leases
+WHERE pool = $1 AND shard = ANY($2::int[]) AND owner IS NOT NULL;
 
 -- name: lease_renew
 UPDATE shard_leases SET expires_at = now() + make_interval(secs => $3)
@@ -157,9 +164,13 @@ WHERE pool = $1 AND owner = $2 AND shard = ANY($4::int[])
 RETURNING shard, epoch;
 
 -- name: lease_release
-UPDATE shard_leases SET owner = NULL, ordinal = NULL, expires_at = '-infinity'
-WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[])
-RETURNING shard;
+-- Released shards wake the pool's workers, so their next owner takes them at once.
+WITH released AS (
+    UPDATE shard_leases SET owner = NULL, ordinal = NULL, expires_at = '-infinity'
+    WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[])
+    RETURNING shard
+)
+SELECT shard, (SELECT 1 FROM pg_notify($4, $5)) AS woken FROM released;
 
 -- name: job_requeue_orphans
 -- After a take-over: attempts still `running` in the taken shards belong to a previous
@@ -410,3 +421,7 @@ WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
 -- Unreplayed dead letters of the pool written in the last $2 seconds.
 SELECT count(*) FROM job_dlq
 WHERE pool = $1 AND replayed_at IS NULL AND dlq_at > now() - make_interval(secs => $2);
+
+-- name: db_now
+-- The database's clock: heartbeats are stamped with it, so their ages are measured on it.
+SELECT now();

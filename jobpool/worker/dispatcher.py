@@ -186,6 +186,8 @@ class Dispatcher:
                 )
 
     def _start_ready(self) -> None:
+        if self._clock() >= self._ownership.valid_until:
+            return  # our leases may have expired (e.g. the process was frozen): start nothing
         while len(self.running) < self._settings.concurrency:
             lane = self._lanes.pick(p for p, buf in self.buffers.items() if buf)
             if lane is None:

@@ -44,6 +44,7 @@ class Ownership:
         counters: Callable[[], workers.WorkerCounters],
         on_lost: Callable[[set[ShardId]], None],
         on_change: Callable[[], None],
+        on_superseded: Callable[[], None],
         clock: Clock = time.monotonic,
     ) -> None:
         self._settings = settings
@@ -52,6 +53,8 @@ class Ownership:
         self._counters = counters
         self._on_lost = on_lost
         self._on_change = on_change
+        self._on_superseded = on_superseded
+        self._first_take_done = False
         self._clock = clock
         self.held: dict[ShardId, int] = {}
         self.wanted: set[ShardId] = set()
@@ -99,10 +102,19 @@ class Ownership:
                 conn, s.pool, owner=s.owner, shards=list(self.held), ttl_s=s.lease_ttl_s
             )
             lost = set(self.held) - set(renewed)
+            if lost and await self._superseded(conn, lost):
+                return
             missing = sorted(self.wanted - set(renewed))
             taken = await leases.lease_take(
-                conn, s.pool, owner=s.owner, ordinal=s.ordinal, shards=missing, ttl_s=s.lease_ttl_s
+                conn,
+                s.pool,
+                owner=s.owner,
+                ordinal=s.ordinal,
+                shards=missing,
+                ttl_s=s.lease_ttl_s,
+                supersede=not self._first_take_done,
             )
+            self._first_take_done = True
             held = renewed | taken
             drained = [sh for sh in held if sh not in self.wanted and not self._in_flight(sh)]
             released = await leases.lease_release(conn, s.pool, owner=s.owner, shards=drained)
@@ -119,6 +131,20 @@ class Ownership:
         self.valid_until = started + s.lease_ttl_s
         self.healthy = True
         self._apply(held, lost=lost, taken=set(taken), released=set(released))
+
+    async def _superseded(self, conn: asyncpg.Connection, lost: set[ShardId]) -> bool:
+        """Another incarnation of this ordinal took our shards: we are the zombie (e.g. a
+        frozen pod whose replacement started). Give everything up and stop."""
+        s = self._settings
+        holders = await leases.lease_holders(conn, s.pool, sorted(lost))
+        if not any(o == s.ordinal and owner != s.owner for owner, o in holders.values()):
+            return False
+        log.error("a newer incarnation of ordinal %d took over; stopping", s.ordinal)
+        self.held = {}
+        self.valid_until = 0.0
+        self._on_lost(lost)
+        self._on_superseded()
+        return True
 
     def _apply(
         self,

@@ -96,6 +96,7 @@ class Worker:
             counters=self._counters,
             on_lost=lambda shards: self.dispatcher.drop_shards(shards),
             on_change=lambda: self.dispatcher.wake(new_work=True),
+            on_superseded=self.stop,
         )
         self._dispatcher = Dispatcher(
             s,
@@ -136,7 +137,7 @@ class Worker:
     def _router(self, events: asyncio.Queue[str]) -> Step:
         async def route() -> None:
             payload = await events.get()
-            if payload == channels.RING:
+            if payload in (channels.RING, channels.RELEASED):
                 await self._follow_ring()
             else:
                 self.dispatcher.on_notify(payload)
@@ -153,6 +154,7 @@ class Worker:
         try:
             await self.ownership.read_ring()
             await self.ownership.run_once()
+            self.dispatcher.wake()  # renewed leases: buffered jobs may start again
         except DB_ERRORS:
             self.ownership.healthy = False
             raise

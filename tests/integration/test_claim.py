@@ -71,7 +71,9 @@ async def _claim(
 
 
 async def _take(conn: asyncpg.Connection, owner: str, ordinal: int, shards: Sequence[int]) -> dict:
-    taken = await lease_take(conn, POOL, owner=owner, ordinal=ordinal, shards=shards, ttl_s=TTL)
+    taken = await lease_take(
+        conn, POOL, owner=owner, ordinal=ordinal, shards=shards, ttl_s=TTL, supersede=True
+    )
     assert sorted(taken) == sorted(shards), f"{owner} could not take {shards}"
     return taken
 

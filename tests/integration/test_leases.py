@@ -16,7 +16,7 @@ from jobpool import Client, JobState
 from jobpool.models import Job, Pool, Priority
 from jobpool.sharding import shard_for
 from jobpool.store.execution import job_claim_batch
-from jobpool.store.leases import lease_release, lease_renew, lease_take
+from jobpool.store.leases import lease_holders, lease_release, lease_renew, lease_take
 
 POOL = "emails"
 SHARDS = 16
@@ -124,7 +124,9 @@ async def test_new_incarnation_of_the_same_ordinal_takes_its_leases_at_once(
     await lease_take(conn, POOL, owner="w0-a", ordinal=0, shards=[0, 1], ttl_s=TTL)
 
     # The pod restarted under the same name: same ordinal, new incarnation, unexpired leases.
-    taken = await lease_take(conn, POOL, owner="w0-b", ordinal=0, shards=[0, 1], ttl_s=TTL)
+    taken = await lease_take(
+        conn, POOL, owner="w0-b", ordinal=0, shards=[0, 1], ttl_s=TTL, supersede=True
+    )
 
     assert taken == {0: 2, 1: 2}
     leases = await _leases(conn)
@@ -133,7 +135,9 @@ async def test_new_incarnation_of_the_same_ordinal_takes_its_leases_at_once(
     assert await lease_renew(conn, POOL, owner="w0-a", shards=[0, 1], ttl_s=TTL) == {}
     assert await lease_take(conn, POOL, owner="w1-a", ordinal=1, shards=[0, 1], ttl_s=TTL) == {}
     # A third incarnation bumps the epoch again.
-    assert await lease_take(conn, POOL, owner="w0-c", ordinal=0, shards=[1], ttl_s=TTL) == {1: 3}
+    assert await lease_take(
+        conn, POOL, owner="w0-c", ordinal=0, shards=[1], ttl_s=TTL, supersede=True
+    ) == {1: 3}
 
 
 async def test_renew_returns_only_the_shards_still_held(
@@ -219,7 +223,9 @@ async def test_restarted_incarnation_requeues_what_its_predecessor_left_running(
     await lease_take(conn, POOL, owner="w0-a", ordinal=0, shards=[5], ttl_s=TTL)
     assert len(await _claim_all(conn, "w0-a", [5])) == 3
 
-    assert await lease_take(conn, POOL, owner="w0-b", ordinal=0, shards=[5], ttl_s=TTL) == {5: 2}
+    assert await lease_take(
+        conn, POOL, owner="w0-b", ordinal=0, shards=[5], ttl_s=TTL, supersede=True
+    ) == {5: 2}
 
     rows = await _job_rows(conn, jobs)
     assert {(r["state"], r["worker"], r["lease_epoch"]) for r in rows.values()} == {
@@ -229,3 +235,18 @@ async def test_restarted_incarnation_requeues_what_its_predecessor_left_running(
     reclaimed = await _claim_all(conn, "w0-b", [5])
     assert {(j.attempt, j.epoch) for j in reclaimed} == {(2, 2)}
     assert len(reclaimed) == 3
+
+
+async def test_without_supersede_an_incarnation_cannot_take_live_leases_of_its_ordinal(
+    conn: asyncpg.Connection, pool: Pool
+) -> None:
+    """Only a worker's first take supersedes: a resumed zombie (an older incarnation)
+    cannot take its shards back from the incarnation that replaced it."""
+    await lease_take(conn, POOL, owner="w0-old", ordinal=0, shards=[0, 1], ttl_s=TTL)
+    await lease_take(
+        conn, POOL, owner="w0-new", ordinal=0, shards=[0, 1], ttl_s=TTL, supersede=True
+    )
+
+    assert await lease_take(conn, POOL, owner="w0-old", ordinal=0, shards=[0, 1], ttl_s=TTL) == {}
+    holders = await lease_holders(conn, POOL, [0, 1])
+    assert holders == {0: ("w0-new", 0), 1: ("w0-new", 0)}
