@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import asyncpg
 
-from jobpool.models import Finish, JobId, Retry
+from jobpool.models import Finish, JobId, Retry, ShardId
 from jobpool.store import execution
 from jobpool.worker.executor import Outcome
 
@@ -33,15 +34,21 @@ class Completer:
         self._owner = owner
         self._batch = batch
         self._on_written = on_written
-        self._pending: list[Outcome] = []
+        self._pending: list[tuple[Outcome, ShardId]] = []
+        self._unwritten: Counter[ShardId] = Counter()
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def add(self, outcome: Outcome) -> None:
-        self._pending.append(outcome)
+    def add(self, outcome: Outcome, *, shard: ShardId) -> None:
+        self._pending.append((outcome, shard))
+        self._unwritten[shard] += 1
         self._idle.clear()
         self._arrived.set()
+
+    def unwritten(self, shard: ShardId) -> int:
+        """Outcomes of ``shard`` not written yet: its lease must be kept until they are."""
+        return self._unwritten[shard]
 
     async def run(self) -> None:
         """Write outcomes until cancelled; a failed write is retried, never dropped."""
@@ -56,15 +63,17 @@ class Completer:
         if not batch:
             self._idle.set()
             return
+        outcomes = [outcome for outcome, _ in batch]
         try:
-            accepted = await self._write(batch)
+            accepted = await self._write(outcomes)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("writing %d outcomes failed, retrying in 1 s: %s", len(batch), exc)
             self._pending[:0] = batch
             self._arrived.set()
             await asyncio.sleep(1.0)
             return
-        self._on_written(batch, accepted)
+        self._unwritten.subtract(shard for _, shard in batch)
+        self._on_written(outcomes, accepted)
         if not self._pending:
             self._idle.set()
 

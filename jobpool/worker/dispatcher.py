@@ -82,6 +82,7 @@ class Dispatcher:
         self.buffers: dict[Priority, deque[ClaimedJob]] = {p: deque() for p in Priority}
         self.running: dict[JobId, Running] = {}
         self._empty: set[Priority] = set()
+        self._news = 0  # counts "new work" wake-ups, to spot one during a claim
         self._cursors: dict[Priority, str] = dict.fromkeys(Priority, "")
         self._wake = asyncio.Event()
         self._next_due: datetime | None = None
@@ -93,6 +94,7 @@ class Dispatcher:
 
     def wake(self, *, new_work: bool = False) -> None:
         if new_work:
+            self._news += 1
             self._empty.clear()
         self._wake.set()
 
@@ -109,7 +111,8 @@ class Dispatcher:
 
     def in_flight(self, shard: ShardId) -> int:
         buffered = sum(job.shard == shard for buf in self.buffers.values() for job in buf)
-        return buffered + sum(r.job.shard == shard for r in self.running.values())
+        running = sum(r.job.shard == shard for r in self.running.values())
+        return buffered + running + self._completer.unwritten(shard)
 
     def buffered_ids(self) -> list[JobId]:
         return [job.id for buf in self.buffers.values() for job in buf]
@@ -125,7 +128,9 @@ class Dispatcher:
             for job in buf:
                 if str(job.id) == job_id:
                     buf.remove(job)
-                    self._completer.add(Finish(job_id=job.id, state=JobState.CANCELLED))
+                    self._completer.add(
+                        Finish(job_id=job.id, state=JobState.CANCELLED), shard=job.shard
+                    )
                     return
 
     def drop_shards(self, shards: set[ShardId]) -> None:
@@ -164,6 +169,7 @@ class Dispatcher:
         wants = self._wants()
         if not shards or not wants:
             return
+        news_before = self._news
         async with self._conns.acquire() as conn:
             claimed = await execution.job_claim_batch(
                 conn,
@@ -179,7 +185,8 @@ class Dispatcher:
             for lane in got:
                 served = (job.tenant for job in claimed if job.priority is lane)
                 self._cursors[lane] = execution.rotate_cursor(self._cursors[lane], served)
-            self._empty |= set(wants) - got
+            if news_before == self._news:  # else work may have come in after the snapshot
+                self._empty |= set(wants) - got
             if self._empty == set(Priority):
                 self._next_due = await execution.job_next_due(
                     conn, self._settings.pool, shards=shards
@@ -228,7 +235,7 @@ class Dispatcher:
                 outcome = await execute(job, ctx, self._registry, policy=self._settings.retry)
             metrics.PROCESSING_SECONDS.labels(pool, job.type).observe(self._clock() - started)
             self._count(job, outcome)
-            self._completer.add(outcome)
+            self._completer.add(outcome, shard=job.shard)
         except asyncio.CancelledError:
             log.info("attempt %d of job %s stopped: shutdown or lost lease", job.attempt, job.id)
         finally:
@@ -261,7 +268,9 @@ class Dispatcher:
                     at=now,
                     message="the worker shut down before the attempt ended",
                 )
-                self._completer.add(Retry(job_id=run.job.id, run_at=now, error=error))
+                self._completer.add(
+                    Retry(job_id=run.job.id, run_at=now, error=error), shard=run.job.shard
+                )
 
 
 def _span_attributes(pool: str, job: ClaimedJob) -> dict[str, str | int]:
