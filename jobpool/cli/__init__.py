@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from jobpool.cli import admin, dev, dlq, jobs, submit, worker
+from jobpool.cli import admin, dev, dlq, jobs, operator, submit, worker
 from jobpool.cli.common import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -58,6 +58,7 @@ dlq.register(app)
 admin.register(app)
 worker.register(app)
 dev.register(app)
+operator.register(app)
 
 
 def main() -> None:

@@ -104,7 +104,9 @@ class Database:
     async def migrate(self) -> list[str]:
         """Apply pending migrations under the advisory lock; return the files applied."""
         conn = await connect(
-            self._dsn, timeout=self._timeout_s, server_settings={"application_name": APPLICATION_NAME}
+            self._dsn,
+            timeout=self._timeout_s,
+            server_settings={"application_name": APPLICATION_NAME},
         )
         try:
             applied = await migrate(conn)
@@ -204,7 +206,8 @@ def connection_info(
         "BearerToken"
     ) or configuration.get_api_key_with_prefix("authorization")
     parts = header.split(" ", 1) if header else []
-    scheme, token = (None, parts[0]) if len(parts) == 1 else (tuple(parts) or (None, None))
+    scheme: str | None = parts[0] if len(parts) == 2 else None
+    token: str | None = parts[-1] if parts else None
     return kopf.ConnectionInfo(
         server=configuration.host,
         ca_path=configuration.ssl_ca_cert,
@@ -270,7 +273,9 @@ class Kube:
         if kind not in _KINDS:
             raise ValueError(f"the operator does not manage {kind!r} objects")
         spec = _KINDS[kind]
-        method: Callable[..., Any] = getattr(self._apis[spec.group], f"{verb}_namespaced_{spec.noun}")
+        method: Callable[..., Any] = getattr(
+            self._apis[spec.group], f"{verb}_namespaced_{spec.noun}"
+        )
         response = method(**kwargs, _preload_content=False, _request_timeout=API_TIMEOUT_S)
         data: dict[str, Any] = json.loads(response.data)
         return data

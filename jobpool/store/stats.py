@@ -14,10 +14,18 @@ The queue depth by state and priority is ``workers.pool_queue_counts``.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from asyncpg import Connection
 
 from jobpool.errors import InvalidInput
 from jobpool.store.queries import QUERIES
+
+
+async def db_now(conn: Connection) -> datetime:
+    """The database's clock, which stamps heartbeats: ages measured on it ignore pod skew."""
+    now: datetime = await conn.fetchval(QUERIES["db_now"])
+    return now
 
 
 def _check_window(window_s: float) -> float:
