@@ -12,12 +12,15 @@ pool in it (:func:`fresh_database`), so runs do not see each other's rows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import platform
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +67,7 @@ __all__ = [
     "DSN_ENV",
     "POOL",
     "TENANT",
+    "WORKER_APP",
     "Scenario",
     "ServerInfo",
     "Stopwatch",
@@ -78,9 +82,13 @@ __all__ = [
     "percentile",
     "print_json",
     "print_table",
+    "process_cpu_seconds",
     "quote_ident",
     "server_info",
     "summarize",
+    "wait_for_workers",
+    "worker_peak_rss_mb",
+    "worker_processes",
 ]
 
 
@@ -136,9 +144,17 @@ def embedded_server() -> Iterator[str]:
 
 @asynccontextmanager
 async def fresh_database(
-    admin_dsn: str, *, shards: int, pool: str = POOL, prefix: str = "jobpool_bench_"
+    admin_dsn: str,
+    *,
+    shards: int,
+    pool: str = POOL,
+    replicas: int = 1,
+    prefix: str = "jobpool_bench_",
 ) -> AsyncIterator[str]:
-    """Create and migrate a new database with ``pool`` in it; yield its URI; drop it."""
+    """Create and migrate a new database with ``pool`` in it; yield its URI; drop it.
+
+    ``replicas`` is the pool's ring size: the worker ordinals below it get shards.
+    """
     name = random_name(prefix)
     admin = await asyncpg.connect(admin_dsn)
     try:
@@ -148,7 +164,7 @@ async def fresh_database(
             conn = await asyncpg.connect(dsn)
             try:
                 await migrate(conn)
-                await pool_ensure(conn, pool, shards=shards)
+                await pool_ensure(conn, pool, shards=shards, replicas=replicas)
             finally:
                 await conn.close()
             yield dsn
@@ -282,6 +298,151 @@ def _load_text(load: dict[str, float | None]) -> str:
     pressure = load.get("cpu_pressure_avg60")
     text = f"load {load.get('loadavg_1m')}"
     return text if pressure is None else f"{text}, CPU pressure {pressure:.0f} %"
+
+
+# -- worker processes ---------------------------------------------------------------
+
+WORKER_APP = "bench.handlers:registry"
+WORKER_STOP_TIMEOUT_S = 60.0
+WORKER_READY_TIMEOUT_S = 60.0
+
+
+@asynccontextmanager
+async def worker_processes(
+    dsn: str,
+    *,
+    count: int,
+    concurrency: int,
+    pool: str = POOL,
+    app: str = WORKER_APP,
+    log_level: str = "info",
+) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """Run ``count`` real worker processes (``python -m jobpool worker``), ordinals 0..R-1.
+
+    Separate processes, as in production: the benchmark's client and the workers do not
+    share an event loop (or a GIL). The DSN goes through ``$JOBPOOL_DSN``, not the
+    command line; metrics are off. Each worker's log goes to a temporary file, shown
+    when it exits with a failure. On exit every worker gets SIGTERM (a graceful
+    shutdown), then SIGKILL after ``WORKER_STOP_TIMEOUT_S``.
+    """
+    logdir = Path(tempfile.mkdtemp(prefix="jobpool-bench-workers-"))
+    env = {**os.environ, "JOBPOOL_DSN": dsn}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    procs: list[asyncio.subprocess.Process] = []
+    logs: list[Path] = []
+    try:
+        for ordinal in range(count):
+            log_path = logdir / f"worker-{ordinal}.log"
+            logs.append(log_path)
+            with log_path.open("wb") as log_file:
+                procs.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "jobpool",
+                        "worker",
+                        "--pool",
+                        pool,
+                        "--app",
+                        app,
+                        "--ordinal",
+                        str(ordinal),
+                        "--concurrency",
+                        str(concurrency),
+                        "--metrics-port",
+                        "0",
+                        "--log-level",
+                        log_level,
+                        cwd=REPO_ROOT,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        yield procs
+    finally:
+        failed = await _stop_workers(procs)
+        for ordinal in failed:
+            tail = logs[ordinal].read_text(errors="replace").splitlines()[-30:]
+            code = procs[ordinal].returncode
+            print(f"worker {ordinal} exited with {code}; the end of its log:", file=sys.stderr)
+            for line in tail:
+                print(f"  {line}", file=sys.stderr)
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+async def _stop_workers(procs: Sequence[asyncio.subprocess.Process]) -> list[int]:
+    """SIGTERM each worker still running, wait, SIGKILL the late; the ordinals that failed."""
+    failed = [i for i, proc in enumerate(procs) if proc.returncode not in (None, 0)]
+    running = [proc for proc in procs if proc.returncode is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    for proc in running:
+        try:
+            await asyncio.wait_for(proc.wait(), WORKER_STOP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    failed += [i for i, proc in enumerate(procs) if proc in running and proc.returncode != 0]
+    return sorted(set(failed))
+
+
+async def wait_for_workers(
+    dsn: str,
+    procs: Sequence[asyncio.subprocess.Process],
+    *,
+    shards: int,
+    pool: str = POOL,
+    timeout: float = WORKER_READY_TIMEOUT_S,
+) -> None:
+    """Wait until every worker has written its heartbeat row and ``shards`` leases are held.
+
+    ``shards=0`` waits for the heartbeats only (workers outside the ring hold none).
+    Raises if a worker exits or ``timeout`` passes first.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                dead = [i for i, proc in enumerate(procs) if proc.returncode is not None]
+                if dead:
+                    raise RuntimeError(f"worker(s) {dead} exited during start-up")
+                alive = await conn.fetchval("SELECT count(*) FROM workers WHERE pool = $1", pool)
+                held = await conn.fetchval(
+                    "SELECT count(*) FROM shard_leases"
+                    " WHERE pool = $1 AND owner IS NOT NULL AND expires_at > now()",
+                    pool,
+                )
+                if alive == len(procs) and held == shards:
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds used so far by process ``pid`` on this host, if known."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_peak_rss_mb(procs: Sequence[asyncio.subprocess.Process]) -> float | None:
+    """The largest peak resident set (``VmHWM``, MB) among running workers (Linux only)."""
+    peaks = []
+    for proc in procs:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    return max(peaks) if peaks else None
 
 
 # -- statistics ---------------------------------------------------------------------
