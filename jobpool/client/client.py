@@ -90,7 +90,7 @@ class Client:
                 min_size=1,
                 max_size=self._max_connections,
                 server_settings=self._server_settings,
-                reset=_keep_session,
+                reset=connect.keep_session,
             )
         async with self._conns.acquire() as conn:
             self._pool = await pools.pool_get(conn, self.pool_name)
@@ -302,11 +302,6 @@ async def _next_event(events: asyncio.Queue[str], job_id: JobId) -> None:
     wanted = {str(job_id), channels.ALL}
     while await events.get() not in wanted:
         pass
-
-
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """Pool reset hook: the driver still rolls back an open transaction and drops
-    listeners; the client's connections hold no other session state to reset."""
 
 
 def _job_id(value: JobId | str) -> JobId:

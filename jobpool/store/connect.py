@@ -85,3 +85,9 @@ async def create_pool(dsn: str, **options: Any) -> asyncpg.Pool:
     with connect_errors(dsn):
         _check_port(dsn)
         return await asyncpg.create_pool(dsn, **options)
+
+
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool ``reset`` hook for connections whose statements leave no session state
+    behind (the client's and the worker's own): released without the reset round trip.
+    The driver still rolls back an open transaction and drops listeners."""

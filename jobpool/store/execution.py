@@ -191,3 +191,13 @@ async def job_queue_depth(
     for row in rows:
         depth[Priority.from_rank(row["priority"])] = row["queued"]
     return depth
+
+
+async def jobs_ensure_statistics(conn: Connection) -> bool:
+    """ANALYZE ``jobs`` if it never was (a new database whose backlog arrived before
+    autovacuum's first visit): without statistics the claim plans rest on guesses.
+    Returns whether it analyzed."""
+    if not await conn.fetchval(QUERIES["jobs_statistics_missing"]):
+        return False
+    await conn.execute(QUERIES["jobs_analyze"])
+    return True

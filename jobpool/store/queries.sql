@@ -255,14 +255,15 @@ WITH RECURSIVE owned AS (
     FROM offered o
     JOIN lanes l USING (priority)
 )
--- ARRAY(...) is computed once, so the UPDATE finds its rows by primary key whatever the
--- planner believes about the backlog.
+-- ARRAY(...) is computed once and the re-check is written `state <> 'running'` (the
+-- same thing, as a job in `jobs` is queued or running) so that no partial index on
+-- `state = 'queued'` matches it: the UPDATE finds its rows by primary key, whatever the
+-- planner believes about the backlog (even before the table's first ANALYZE).
 UPDATE jobs j
 SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker = $2,
-    lease_epoch = w.epoch
-FROM owned w
+    lease_epoch = (SELECT w.epoch FROM owned w WHERE w.shard = j.shard)
 WHERE j.id = ANY (ARRAY(SELECT id FROM ranked WHERE rank <= wanted))
-  AND j.state = 'queued' AND w.shard = j.shard
+  AND j.state <> 'running'
 RETURNING j.id, j.tenant, j.shard, j.type, j.priority, j.payload::text, j.attempts,
           j.max_attempts, j.duration, j.request_id, j.user_id, j.traceparent,
           j.created_at, j.run_at, j.lease_epoch;
@@ -425,3 +426,10 @@ WHERE pool = $1 AND replayed_at IS NULL AND dlq_at > now() - make_interval(secs 
 -- name: db_now
 -- The database's clock: heartbeats are stamped with it, so their ages are measured on it.
 SELECT now();
+
+-- name: jobs_statistics_missing
+-- True while `jobs` was never analyzed: its plans then rest on guesses.
+SELECT reltuples < 0 FROM pg_class WHERE oid = 'jobs'::regclass;
+
+-- name: jobs_analyze
+ANALYZE jobs;

@@ -220,7 +220,7 @@ class Dispatcher:
     async def _run(self, job: ClaimedJob, ctx: JobContext) -> None:
         pool = self._settings.pool
         due = max(job.created_at, job.run_at)
-        metrics.SUBMIT_TO_START.labels(pool).observe(
+        metrics.labelled(metrics.SUBMIT_TO_START, pool).observe(
             max((datetime.now(UTC) - due).total_seconds(), 0.0)
         )
         parent = propagate.extract({"traceparent": job.traceparent} if job.traceparent else {})
@@ -233,7 +233,9 @@ class Dispatcher:
                 attributes=_span_attributes(pool, job),
             ):
                 outcome = await execute(job, ctx, self._registry, policy=self._settings.retry)
-            metrics.PROCESSING_SECONDS.labels(pool, job.type).observe(self._clock() - started)
+            metrics.labelled(metrics.PROCESSING_SECONDS, pool, job.type).observe(
+                self._clock() - started
+            )
             self._count(job, outcome)
             self._completer.add(outcome, shard=job.shard)
         except asyncio.CancelledError:
@@ -245,15 +247,15 @@ class Dispatcher:
     def _count(self, job: ClaimedJob, outcome: Outcome) -> None:
         pool = self._settings.pool
         if isinstance(outcome, Retry):
-            metrics.FAILURES.labels(pool, job.type, outcome.error.error_type).inc()
+            metrics.labelled(metrics.FAILURES, pool, job.type, outcome.error.error_type).inc()
             self.failed += 1
         elif outcome.state is JobState.SUCCEEDED:
-            metrics.COMPLETED.labels(pool, job.type).inc()
+            metrics.labelled(metrics.COMPLETED, pool, job.type).inc()
             self.succeeded += 1
         elif outcome.state is JobState.CANCELLED:
-            metrics.CANCELLATIONS.labels(pool, job.type).inc()
+            metrics.labelled(metrics.CANCELLATIONS, pool, job.type).inc()
         else:
-            metrics.FAILURES.labels(pool, job.type, outcome.reason or "unknown").inc()
+            metrics.labelled(metrics.FAILURES, pool, job.type, outcome.reason or "unknown").inc()
             self.failed += 1
 
     def interrupt(self, late: set[asyncio.Task[None]]) -> None:

@@ -11,6 +11,7 @@ ring gives it and its last database round trip succeeded).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -45,6 +46,14 @@ FENCED = Counter(
     "Outcomes rejected because the shard's lease moved on (another owner took it)",
     ["pool"],
 )
+
+
+@functools.cache
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once: ``labels()`` costs more than the
+    increment it serves, and it runs several times per job."""
+    return metric.labels(*values)
+
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]

@@ -80,7 +80,11 @@ class Worker:
             "idle_in_transaction_session_timeout": "60000",
         }
         self._conns = conns = await connect.create_pool(
-            s.dsn, min_size=2, max_size=4, server_settings=server_settings
+            s.dsn,
+            min_size=2,
+            max_size=4,
+            server_settings=server_settings,
+            reset=connect.keep_session,
         )
         listener = EventListener(
             lambda: connect.connect(s.dsn, server_settings=server_settings),
@@ -109,6 +113,7 @@ class Worker:
         server = metrics.serve(s.metrics_port, lambda: self.ready) if s.metrics_port else None
         try:
             async with listener.subscribe() as events:
+                await _retrying("start", self._prepare)
                 await _retrying("start", self._follow_ring)
                 loops = [
                     asyncio.create_task(_forever("listener", self._router(events))),
@@ -143,6 +148,12 @@ class Worker:
                 self.dispatcher.on_notify(payload)
 
         return route
+
+    async def _prepare(self) -> None:
+        assert self._conns is not None
+        async with self._conns.acquire() as conn:
+            if await execution.jobs_ensure_statistics(conn):
+                log.info("analyzed the jobs table, which had no statistics yet")
 
     async def _follow_ring(self) -> None:
         await self.ownership.read_ring()

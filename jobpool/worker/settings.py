@@ -27,7 +27,7 @@ class WorkerSettings(BaseModel):
     lane_prefetch: int = Field(
         default=0,
         ge=0,
-        description="claimed jobs buffered per priority lane; 0 = max(concurrency, 32)",
+        description="claimed jobs buffered per lane; 0 = max(2 x concurrency, 32)",
     )
     lease_ttl_s: float = Field(default=15.0, gt=0, description="shard lease lifetime")
     heartbeat_interval_s: float = Field(
@@ -58,7 +58,7 @@ class WorkerSettings(BaseModel):
 
     @property
     def lane_capacity(self) -> int:
-        return self.lane_prefetch or max(self.concurrency, 32)
+        return self.lane_prefetch or max(2 * self.concurrency, 32)
 
     @property
     def owner(self) -> str:
