@@ -1,4 +1,4 @@
-"""A stand-in worker for integration tests until the worker runtime exists.
+"""A deterministic stand-in worker for integration tests of the store and the client.
 
 ``FakeWorker`` plays the worker through the real store functions: it takes the shard
 leases with ``lease_take``, claims with ``job_claim_batch`` and ends attempts with
@@ -89,6 +89,7 @@ class FakeWorker:
             ordinal=self.ordinal,
             shards=self.shards,
             ttl_s=self.ttl_s,
+            supersede=True,  # a worker's first take, as the runtime's
         )
         assert sorted(self.epochs) == sorted(self.shards), "could not take every shard"
         return self
@@ -109,7 +110,11 @@ class FakeWorker:
     ) -> list[ClaimedJob]:
         """Claim and check that exactly the ``expected`` jobs (ids or jobs) were claimed."""
         wanted = set(_ids(expected))
-        claimed = await self.claim(limit=max(len(wanted), 1) * 2, priority=priority)
+        claimed: list[ClaimedJob] = []
+        # A claim may return fewer jobs than it may take (it reads a bounded number per
+        # shard); like a worker, claim again until nothing more comes.
+        while batch := await self.claim(limit=max(len(wanted), 1) * 2, priority=priority):
+            claimed += batch
         assert {c.id for c in claimed} == wanted, "claimed other jobs than expected"
         return claimed
 
