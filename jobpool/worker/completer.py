@@ -53,8 +53,12 @@ class Completer:
     async def run(self) -> None:
         """Write outcomes until cancelled; a failed write is retried, never dropped."""
         while True:
-            await self._arrived.wait()
-            await self.run_once()
+            await self.step()
+
+    async def step(self) -> None:
+        """Wait for outcomes, then write one batch."""
+        await self._arrived.wait()
+        await self.run_once()
 
     async def run_once(self) -> None:
         batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
@@ -66,8 +70,8 @@ class Completer:
         outcomes = [outcome for outcome, _ in batch]
         try:
             accepted = await self._write(outcomes)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("writing %d outcomes failed, retrying in 1 s: %s", len(batch), exc)
+        except Exception:  # whatever went wrong, the outcomes must not be lost
+            log.exception("writing %d outcomes failed, retrying in 1 s", len(batch))
             self._pending[:0] = batch
             self._arrived.set()
             await asyncio.sleep(1.0)

@@ -145,11 +145,15 @@ class Dispatcher:
 
     async def run(self) -> None:
         while True:
-            self._wake.clear()
-            if self.claiming:
-                await self._claim()
-            self._start_ready()
-            await self._sleep()
+            await self.step()
+
+    async def step(self) -> None:
+        """One round: claim, start what the free slots allow, sleep until a wake-up."""
+        self._wake.clear()
+        if self.claiming:
+            await self._claim()
+        self._start_ready()
+        await self._sleep()
 
     async def run_once(self) -> None:
         """One claim-and-start round (for tests)."""
@@ -210,7 +214,10 @@ class Dispatcher:
             due_in = (self._next_due - datetime.now(UTC)).total_seconds()
             timeout = min(timeout, max(due_in, 0.0))
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the event is set (CPython gh-86296).
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         except TimeoutError:
             self._next_due = None
             self._empty.clear()

@@ -109,7 +109,7 @@ async def execute(
         return _dead(job, "HandlerMissing", _error(job, "HandlerMissing", str(exc)))
     except ValidationError as exc:
         return _dead(job, "ValidationError", _error(job, "ValidationError", str(exc)))
-    policy = handler.retry or policy
+    policy = handler.policy(policy)
     try:
         async with asyncio.timeout(handler.timeout_s) as deadline:
             value = await _call(handler, argument, ctx)

@@ -50,6 +50,15 @@ class Handler:
     duration: Duration
     timeout_s: float | None
     retry: RetryPolicy | None
+    max_attempts: int | None = None
+
+    def policy(self, pool_policy: RetryPolicy) -> RetryPolicy:
+        """The retry policy of this handler's jobs: its own, else the pool's, with its
+        ``max_attempts`` on top (a job's own ``max_attempts`` still wins)."""
+        policy = self.retry or pool_policy
+        if self.max_attempts is not None:
+            policy = policy.model_copy(update={"max_attempts": self.max_attempts})
+        return policy
 
     @property
     def is_async(self) -> bool:
@@ -84,8 +93,8 @@ class Registry:
             raise InvalidHandler(f"job type {name!r} already has a handler")
         if timeout is not None and timeout <= 0:
             raise InvalidHandler(f"timeout of {name!r} must be > 0 seconds")
-        if max_attempts is not None:
-            retry = (retry or RetryPolicy()).model_copy(update={"max_attempts": max_attempts})
+        if max_attempts is not None and max_attempts < 1:
+            raise InvalidHandler(f"max_attempts of {name!r} must be >= 1")
 
         def register(fn: F) -> F:
             self._handlers[name] = Handler(
@@ -95,6 +104,7 @@ class Registry:
                 duration=Duration(duration),
                 timeout_s=timeout,
                 retry=retry,
+                max_attempts=max_attempts,
             )
             return fn
 

@@ -33,7 +33,9 @@ from jobpool.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What a lost or refusing database looks like to the driver (InternalClientError: a
+# query sent on a connection the server has just terminated).
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 STATS_INTERVAL_S = 10.0
 
@@ -111,15 +113,16 @@ class Worker:
             report_progress=self._report,
         )
         server = metrics.serve(s.metrics_port, lambda: self.ready) if s.metrics_port else None
+        loops: list[asyncio.Task[None]] = []
         try:
             async with listener.subscribe() as events:
                 await _retrying("start", self._prepare)
                 await _retrying("start", self._follow_ring)
-                loops = [
+                loops += [
                     asyncio.create_task(_forever("listener", self._router(events))),
                     asyncio.create_task(_forever("ownership", self._heartbeat)),
-                    asyncio.create_task(_forever("dispatcher", self.dispatcher.run)),
-                    asyncio.create_task(_forever("completer", completer.run)),
+                    asyncio.create_task(_forever("dispatcher", self.dispatcher.step)),
+                    asyncio.create_task(_forever("completer", completer.step)),
                     asyncio.create_task(_forever("stats", self._stats)),
                 ]
                 self._started.set()
@@ -132,6 +135,9 @@ class Worker:
                 await self._stop.wait()
                 await self._shutdown(completer, loops)
         finally:
+            for loop in loops:  # also when run() itself is cancelled
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await listener.close()
             await conns.close()
             if server is not None:
@@ -166,7 +172,7 @@ class Worker:
             await self.ownership.read_ring()
             await self.ownership.run_once()
             self.dispatcher.wake()  # renewed leases: buffered jobs may start again
-        except DB_ERRORS:
+        except Exception:
             self.ownership.healthy = False
             raise
 
@@ -191,6 +197,16 @@ class Worker:
         return WorkerCounters(running=len(d.running), succeeded=d.succeeded, failed=d.failed)
 
     async def _report(self, job: ClaimedJob, fraction: float | None, message: str | None) -> None:
+        """Progress is best effort: a database hiccup must not fail the attempt."""
+        assert self._conns is not None
+        try:
+            await self._write_progress(job, fraction, message)
+        except DB_ERRORS as exc:
+            log.warning("progress of job %s not recorded: %s", job.id, exc)
+
+    async def _write_progress(
+        self, job: ClaimedJob, fraction: float | None, message: str | None
+    ) -> None:
         assert self._conns is not None
         async with self._conns.acquire() as conn:
             await execution.job_progress_update(
@@ -243,22 +259,37 @@ class Worker:
 
 
 async def _forever(name: str, step: Step) -> None:
-    """Run ``step`` again and again; database errors are logged and retried with backoff."""
+    """Run ``step`` (one iteration of a loop) again and again. A failure is logged and
+    retried with backoff, which starts over after every successful step: a worker loop
+    never dies silently, whatever it meets."""
+    failures = 0
     while True:
-        await _retrying(name, step)
+        try:
+            await step()
+            failures = 0
+        except DB_ERRORS as exc:
+            failures = await _back_off(name, failures, exc)
+        except Exception as exc:
+            log.exception("%s failed", name)
+            failures = await _back_off(name, failures, exc)
+
+
+async def _back_off(name: str, failures: int, exc: BaseException) -> int:
+    delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+    log.warning("%s: %s, retrying in %.1f s", name, exc, delay)
+    await asyncio.sleep(delay)
+    return failures + 1
 
 
 async def _retrying(name: str, step: Step) -> None:
-    """Run ``step`` once, retrying database errors with backoff until it succeeds."""
+    """Run ``step`` once, retrying database errors with backoff until it succeeds
+    (anything else propagates: at start, a missing pool must end the worker)."""
     failures = 0
     while True:
         try:
             return await step()
         except DB_ERRORS as exc:
-            delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-            failures += 1
-            log.warning("%s: database error, retrying in %.1f s: %s", name, delay, exc)
-            await asyncio.sleep(delay)
+            failures = await _back_off(name, failures, exc)
 
 
 def install_signal_handlers(worker: Worker) -> None:
