@@ -57,6 +57,7 @@ DB_MAX_CONNECTIONS = 4
 API_TIMEOUT_S = 30.0
 APPLICATION_NAME = "jobpool-operator"
 FIELD_MANAGER = "jobpool-operator"
+RETENTION_INTERVAL_S = 3600.0
 APPLY_PATCH = "application/apply-patch+yaml"  # a JSON body is valid YAML
 
 # Failures that mean "the database is not there", as opposed to a failed statement.
@@ -84,6 +85,8 @@ class OperatorConfig:
     """New dead letters within this window make the pool ``Degraded`` (``DlqGrowing``)."""
     db_timeout_s: float = DB_TIMEOUT_S
     """Longest wait for a database connection before calling it unreachable."""
+    retention_interval_s: float = RETENTION_INTERVAL_S
+    """Seconds between two purges of a pool's replayed dead-letter entries."""
 
 
 class Database:

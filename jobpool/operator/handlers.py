@@ -54,7 +54,7 @@ import kubernetes.client
 
 from jobpool.errors import DatabaseUnavailable
 from jobpool.models import Pool
-from jobpool.operator import status
+from jobpool.operator import retention, status
 from jobpool.operator.context import OperatorConfig, OperatorContext, connection_info
 from jobpool.operator.render import render_children, selector
 from jobpool.operator.spec import (
@@ -209,6 +209,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     kopf.on.resume(*resource, id="reconcile", registry=registry)(reconcile)
     kopf.on.delete(*resource, id="deleted", registry=registry)(deleted)
     status.register(registry, interval_s=config.status_interval_s)
+    retention.register(registry, interval_s=config.retention_interval_s)
     return registry
 
 
