@@ -12,11 +12,25 @@ import uuid
 
 from jobpool.models import JobId
 
+_VERSION_MASK = ~(0xF << 76) & ~(0x3 << 62)
+_VERSION_BITS = (0x7 << 76) | (0x2 << 62)  # version 7, RFC 9562 variant
+
 
 def new_job_id() -> JobId:
     """A fresh UUIDv7: 48 bits of Unix milliseconds, then 74 random bits."""
-    unix_ms = time.time_ns() // 1_000_000
-    value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
-    return JobId(uuid.UUID(int=value))
+    return new_job_ids(1)[0]
+
+
+def new_job_ids(count: int) -> list[JobId]:
+    """``count`` fresh UUIDv7s from one clock reading and one call for randomness."""
+    prefix = (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80
+    entropy = os.urandom(10 * count)
+    return [
+        JobId(
+            uuid.UUID(
+                int=(prefix | int.from_bytes(entropy[i : i + 10], "big")) & _VERSION_MASK
+                | _VERSION_BITS
+            )
+        )
+        for i in range(0, 10 * count, 10)
+    ]

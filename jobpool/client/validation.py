@@ -25,8 +25,16 @@ from jobpool.errors import (
     PayloadTooLarge,
     UnknownPriority,
 )
-from jobpool.ids import new_job_id
-from jobpool.models import DlqId, Duration, NewJob, Priority, ShardId, check_job_type
+from jobpool.ids import new_job_ids
+from jobpool.models import (
+    DlqId,
+    Duration,
+    JobId,
+    NewJob,
+    Priority,
+    ShardId,
+    check_job_type,
+)
 from jobpool.sharding import shard_for
 
 MAX_KEY_LENGTH = 512
@@ -179,6 +187,7 @@ def _validated_fields(options: SubmitOptions, traceparent: str | None) -> dict[s
 
 def _item_job(
     item: Any,
+    job_id: JobId,
     options: SubmitOptions,
     common: dict[str, Any],
     *,
@@ -191,7 +200,6 @@ def _item_job(
     if isinstance(item, Item):
         fields = _validated_fields(item.options(options), traceparent)
         payload = item.payload
-    job_id = new_job_id()
     routing_key = fields["key"] or fields["dedupe_key"] or str(job_id)
     # Every field was checked above: construct without a second validation pass.
     return NewJob.model_construct(
@@ -216,11 +224,12 @@ def build_jobs(
     check_job_type(job_type)
     common = _validated_fields(options, traceparent)
     jobs = []
-    for index, item in enumerate(items):
+    for index, (item, job_id) in enumerate(zip(items, new_job_ids(len(items)), strict=True)):
         try:
             jobs.append(
                 _item_job(
                     item,
+                    job_id,
                     options,
                     common,
                     job_type=job_type,

@@ -29,7 +29,8 @@ from jobpool.store.queries import QUERIES
 
 
 def _claimed(row: Record) -> ClaimedJob:
-    return ClaimedJob(
+    # Every value comes from the database, typed by its columns: no re-validation.
+    return ClaimedJob.model_construct(
         id=JobId(row["id"]),
         tenant=row["tenant"],
         shard=ShardId(row["shard"]),
