@@ -64,6 +64,7 @@ from jobpool.operator.spec import (
     InvalidSpec,
     JobPoolSpec,
     check_name,
+    check_transition,
     parse_spec,
 )
 from jobpool.store.pools import pool_ensure, pool_set_replicas
@@ -139,12 +140,15 @@ async def reconcile(
     meta: kopf.Meta,
     patch: kopf.Patch,
     memo: OperatorContext,
+    old: Any = None,
     **_: Any,
 ) -> None:
     """Bring the children and the ring in line with the spec (create, update, resume)."""
     try:
         spec = parse_spec(body.get("spec"))
         check_name(name)
+        if (previous := _previous_spec(old)) is not None:
+            check_transition(previous, spec)  # also where the CRD's CEL rules do not run
         children = render_children(name, namespace, spec)
         kopf.adopt(children, owner=body)
         pool = await ensure_pool(memo, name, spec)
@@ -163,6 +167,14 @@ async def reconcile(
     patch.status["observedGeneration"] = generation
     patch.status["ringVersion"] = pool.ring_version
     patch.status["selector"] = selector(name)
+
+
+def _previous_spec(old: Any) -> JobPoolSpec | None:
+    """The spec before an update, if there was a valid one."""
+    try:
+        return parse_spec(old.get("spec")) if old else None
+    except InvalidSpec:
+        return None
 
 
 async def deleted(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:

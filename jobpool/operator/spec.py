@@ -41,7 +41,6 @@ from jobpool.models import POOL_NAME_PATTERN, check_pool_name
 
 GROUP = "jobpool.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "JobPool"
 PLURAL = "jobpools"
 SINGULAR = "jobpool"

@@ -21,7 +21,6 @@ ALL = "*"
 RING = "ring"
 RELEASED = "released"
 CANCEL_PREFIX = "cancel:"
-MAX_PAYLOAD_BYTES = 7900  # Postgres refuses NOTIFY payloads of 8000 bytes or more.
 
 
 def worker_channel(pool: str) -> str:

@@ -37,7 +37,6 @@ class Context(Protocol):
 
     async def report_progress(self, fraction: float | None, message: str | None = None) -> None:
         """Record progress (0..1 and/or a message); ``client.progress()`` sees it at once."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,29 @@ async def test_shards_are_fixed_by_the_pool_in_postgres(start_operator, cluster,
     assert (await pool_get(conn, "emails")).shards == 64
 
 
+async def test_changing_shards_of_a_jobpool_is_refused_and_changes_nothing(
+    start_operator, cluster, conn
+):
+    """Where the CRD's CEL rules do not run (an old API server, this emulator), the
+    operator itself refuses an update of ``shards``, naming the field."""
+    await start_operator()
+    await cluster.create_jobpool("emails", SPEC)
+    await cluster.eventually(lambda: cluster.child("StatefulSet", "emails"), what="children")
+
+    await cluster.patch_jobpool("emails", {"spec": {"shards": 32, "replicas": 3}})
+
+    degraded = await cluster.eventually(
+        lambda: (
+            cluster.condition("emails", "Degraded").get("reason") == "InvalidSpec"
+            and cluster.condition("emails", "Degraded")
+        ),
+        what="Degraded/InvalidSpec",
+    )
+    assert degraded["message"].startswith("spec.shards: is immutable: it was 16")
+    assert (await pool_get(conn, "emails")).shards == 16
+    assert cluster.child("StatefulSet", "emails")["spec"]["replicas"] == SPEC["replicas"]
+
+
 async def test_delete_leaves_it_to_owner_references_and_keeps_the_jobs(
     start_operator, cluster, conn
 ):
