@@ -371,6 +371,8 @@ async def test_purge_deletes_only_this_tenants_replayed_entries_older_than_thres
     await conn.execute(backdate.format("replayed_at"), old, timedelta(days=10))
     await conn.execute(backdate.format("replayed_at"), recent, timedelta(days=3))
     await conn.execute(backdate.format("replayed_at"), foreign_old, timedelta(days=10))
+    # "Fresh" is a second old, so that older_than=0 takes it whatever the clock does.
+    await conn.execute(backdate.format("replayed_at"), fresh, timedelta(seconds=1))
     await conn.execute(backdate.format("dlq_at"), pending, timedelta(days=30))
 
     async def remaining() -> set[int]:
