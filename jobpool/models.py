@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NewType
@@ -141,8 +142,14 @@ class Pool(_Frozen):
     ring_version: int
 
 
-class NewJob(_Frozen):
-    """A validated job about to be inserted (built by the client from submit arguments)."""
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated job about to be inserted (built by the client from submit arguments).
+
+    A plain slotted dataclass, not a pydantic model: it never crosses a boundary
+    unvalidated (``jobpool.client.validation`` checks every field), and a batch builds
+    thousands of them, where a model's construction cost would dominate.
+    """
 
     id: JobId
     type: str

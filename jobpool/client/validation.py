@@ -201,8 +201,7 @@ def _item_job(
         fields = _validated_fields(item.options(options), traceparent)
         payload = item.payload
     routing_key = fields["key"] or fields["dedupe_key"] or str(job_id)
-    # Every field was checked above: construct without a second validation pass.
-    return NewJob.model_construct(
+    return NewJob(
         id=job_id,
         type=job_type,
         payload_json=encode_payload(payload, max_bytes=max_payload_bytes),
