@@ -28,7 +28,7 @@ from typing import Annotated
 import typer
 
 from jobpool.cli.common import CliError, DsnOption, ExitCode, command, require_dsn, run
-from jobpool.cli.worker import configure_logging
+from jobpool.cli.logs import LogFormatOption, LogLevelOption, configure_logging
 
 PANEL = "Operator"
 DEFAULT_PEERING = "jobpool"
@@ -85,12 +85,8 @@ def operator_command(
             help="Serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz.",
         ),
     ] = None,
-    log_level: Annotated[
-        str, typer.Option(envvar="JOBPOOL_LOG_LEVEL", help="debug, info, warning or error.")
-    ] = "info",
-    log_format: Annotated[
-        str, typer.Option(envvar="JOBPOOL_LOG_FORMAT", help="text, or json for log collectors.")
-    ] = "text",
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     dsn: DsnOption = None,
 ) -> None:
     """Run the JobPool operator: reconcile JobPools into workers, project their status.

@@ -9,8 +9,6 @@ changes on every restart while its name does not), else a fresh UUID.
 from __future__ import annotations
 
 import importlib
-import json
-import logging
 import os
 import re
 import sys
@@ -28,6 +26,7 @@ from jobpool.cli.common import (
     require_dsn,
     run,
 )
+from jobpool.cli.logs import LogFormatOption, LogLevelOption, configure_logging
 from jobpool.models import Pool, Priority
 from jobpool.store.pools import pool_set_replicas
 from jobpool.worker import Registry, RetryPolicy, Worker, WorkerSettings
@@ -82,30 +81,6 @@ def parse_weights(text: str) -> dict[Priority, int]:
                 f"bad --weights entry {part!r}: use e.g. critical=4,low=1", ExitCode.USAGE
             ) from None
     return weights
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: what log collectors in a cluster expect."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler()
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 @command
@@ -180,12 +155,8 @@ def worker_command(
             help="Port of /metrics, /healthz and /readyz; 0 turns them off.",
         ),
     ] = 9100,
-    log_level: Annotated[
-        str, typer.Option(envvar="JOBPOOL_LOG_LEVEL", help="debug, info, warning or error.")
-    ] = "info",
-    log_format: Annotated[
-        str, typer.Option(envvar="JOBPOOL_LOG_FORMAT", help="text, or json for log collectors.")
-    ] = "text",
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     dsn: DsnOption = None,
 ) -> None:
     """Run one worker of a pool until SIGTERM or Ctrl-C, then drain and exit 0.
