@@ -353,7 +353,7 @@ def parse_spec(body_spec: Mapping[str, Any] | None) -> JobPoolSpec:
     if not isinstance(body_spec, Mapping):
         raise InvalidSpec([("spec", "must be an object")])
     try:
-        return JobPoolSpec.model_validate(_plain(body_spec))
+        return JobPoolSpec.model_validate(plain(body_spec))
     except ValidationError as exc:
         raise InvalidSpec([_problem(error) for error in exc.errors()]) from None
 
@@ -372,12 +372,12 @@ def check_transition(old: JobPoolSpec, new: JobPoolSpec) -> None:
         raise InvalidSpec([("spec.shards", f"is immutable: it was {old.shards}")])
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Plain dicts and lists from kopf's mapping views (strict validation wants them)."""
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     return value
 
 

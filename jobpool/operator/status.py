@@ -46,7 +46,15 @@ from jobpool.models import JobState, Pool, Priority
 from jobpool.operator import autoscale
 from jobpool.operator.context import OperatorConfig, OperatorContext
 from jobpool.operator.render import selector
-from jobpool.operator.spec import GROUP, PLURAL, VERSION, InvalidSpec, JobPoolSpec, parse_spec
+from jobpool.operator.spec import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    InvalidSpec,
+    JobPoolSpec,
+    parse_spec,
+    plain,
+)
 from jobpool.store.dlq import dlq_count_pending
 from jobpool.store.pools import pool_get
 from jobpool.store.stats import (
@@ -322,15 +330,7 @@ def project(observed: Observation, current: Mapping[str, Any]) -> Projection:
 
 def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of ``desired`` whose value differs from ``current`` (what to patch)."""
-    return {key: value for key, value in desired.items() if _plain(current.get(key)) != value}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+    return {key: value for key, value in desired.items() if plain(current.get(key)) != value}
 
 
 # -- reading Postgres ------------------------------------------------------------------
