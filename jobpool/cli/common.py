@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -203,6 +203,16 @@ async def open_client(target: Target) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+def with_client(target: Target, call: Callable[[Client], Awaitable[T]]) -> T:
+    """Run one client call against ``target`` (connect, call, close) and return its value."""
+
+    async def main() -> T:
+        async with open_client(target) as client:
+            return await call(client)
+
+    return run(main())
 
 
 @asynccontextmanager

@@ -23,8 +23,7 @@ from jobpool.cli.common import (
     Target,
     TenantOption,
     command,
-    open_client,
-    run,
+    with_client,
 )
 from jobpool.cli.output import (
     dlq_entry_fields,
@@ -34,7 +33,7 @@ from jobpool.cli.output import (
     echo_json,
     print_table,
 )
-from jobpool.models import DlqEntry, DlqId, DlqPage, Job
+from jobpool.models import DlqId
 
 app = typer.Typer(
     name="dlq",
@@ -87,7 +86,9 @@ def list_entries(
     to --cursor for the next page.
     """
     target = Target.from_options(dsn, pool, tenant)
-    page = run(_list(target, job_type, limit, cursor))
+    page = with_client(
+        target, lambda client: client.dlq.list(type=job_type, limit=limit, cursor=cursor)
+    )
     if json_output:
         echo_json(page)
     elif not page.entries:
@@ -95,11 +96,6 @@ def list_entries(
     else:
         print_table(dlq_table(page.entries))
         typer.echo(f"next cursor: {page.next_cursor}" if page.next_cursor else "last page")
-
-
-async def _list(target: Target, job_type: str | None, limit: int, cursor: str | None) -> DlqPage:
-    async with open_client(target) as client:
-        return await client.dlq.list(type=job_type, limit=limit, cursor=cursor)
 
 
 @app.command("show")
@@ -113,17 +109,12 @@ def show(
 ) -> None:
     """Show every field of one entry: payload, reason, attempts and error history."""
     target, eid = Target.from_options(dsn, pool, tenant), parse_entry_id(entry_id)
-    entry = run(_show(target, eid))
+    entry = with_client(target, lambda client: client.dlq.get(eid))
     if json_output:
         echo_json(entry)
         return
     echo_fields(dlq_entry_fields(entry))
     echo_errors(entry.error_history)
-
-
-async def _show(target: Target, entry_id: DlqId) -> DlqEntry:
-    async with open_client(target) as client:
-        return await client.dlq.get(entry_id)
 
 
 @app.command("replay")
@@ -140,12 +131,7 @@ def replay(
     already replayed, 3 if there is no such entry.
     """
     target, eid = Target.from_options(dsn, pool, tenant), parse_entry_id(entry_id)
-    typer.echo(str(run(_replay(target, eid)).id))
-
-
-async def _replay(target: Target, entry_id: DlqId) -> Job:
-    async with open_client(target) as client:
-        return await client.dlq.replay(entry_id)
+    typer.echo(str(with_client(target, lambda client: client.dlq.replay(eid)).id))
 
 
 @app.command("purge")
@@ -170,13 +156,9 @@ def purge(
     Pending (never replayed) entries are always kept. Prints how many were deleted.
     """
     target = Target.from_options(dsn, pool, tenant)
-    deleted = run(_purge(target, timedelta(days=older_than)))
+    age = timedelta(days=older_than)
+    deleted = with_client(target, lambda client: client.dlq.purge(older_than=age))
     typer.echo(f"purged {deleted} replayed {'entry' if deleted == 1 else 'entries'}")
-
-
-async def _purge(target: Target, older_than: timedelta) -> int:
-    async with open_client(target) as client:
-        return await client.dlq.purge(older_than=older_than)
 
 
 def register(root: typer.Typer) -> None:

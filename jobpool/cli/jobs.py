@@ -24,9 +24,10 @@ from jobpool.cli.common import (
     command,
     open_client,
     run,
+    with_client,
 )
 from jobpool.cli.output import echo_errors, echo_fields, echo_json, status_fields, to_json_text
-from jobpool.models import CancelOutcome, JobId, JobStatus
+from jobpool.models import CancelOutcome, JobId
 
 PANEL = "Jobs"
 
@@ -63,17 +64,12 @@ def status(
     Exit status 3 if no such job exists in the pool for the tenant.
     """
     target, jid = Target.from_options(dsn, pool, tenant), parse_job_id(job_id)
-    found = run(_status(target, jid))
+    found = with_client(target, lambda client: client.status(jid))
     if json_output:
         echo_json(found)
         return
     echo_fields(status_fields(found))
     echo_errors(found.error_history)
-
-
-async def _status(target: Target, job_id: JobId) -> JobStatus:
-    async with open_client(target) as client:
-        return await client.status(job_id)
 
 
 @command
@@ -90,13 +86,8 @@ def cancel(
     Exit status 4 if the job already finished, 3 if there is no such job.
     """
     target, jid = Target.from_options(dsn, pool, tenant), parse_job_id(job_id)
-    outcome = run(_cancel(target, jid))
+    outcome = with_client(target, lambda client: client.cancel(jid))
     typer.echo("cancelled" if outcome is CancelOutcome.CANCELLED else "cancel requested")
-
-
-async def _cancel(target: Target, job_id: JobId) -> CancelOutcome:
-    async with open_client(target) as client:
-        return await client.cancel(job_id)
 
 
 @command
