@@ -33,6 +33,8 @@ async def lease_take(
     ``supersede`` (a worker's first take after it starts) also takes the live leases
     of an earlier incarnation of the same ordinal.
     """
+    if not shards:  # the steady state of every heartbeat: no round trips for nothing
+        return {}
     async with conn.transaction():
         rows = await conn.fetch(
             QUERIES["lease_take"], pool, owner, ordinal, list(shards), ttl_s, supersede
@@ -55,6 +57,8 @@ async def lease_renew(
     conn: Connection, pool: str, *, owner: str, shards: Sequence[int], ttl_s: float
 ) -> dict[ShardId, int]:
     """Extend the leases still held; a shard missing from the result was lost."""
+    if not shards:
+        return {}
     rows = await conn.fetch(QUERIES["lease_renew"], pool, owner, ttl_s, list(shards))
     return {ShardId(row["shard"]): row["epoch"] for row in rows}
 
