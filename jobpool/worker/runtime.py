@@ -142,6 +142,7 @@ class Worker:
             await conns.close()
             if server is not None:
                 server.shutdown()
+                server.server_close()
 
     # -- loops -----------------------------------------------------------------------
 
