@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, Self, overload
@@ -198,16 +198,7 @@ class Client:
         return await self._submit(job_type, payload, options)
 
     async def _submit(self, job_type: str, payload: Any, options: SubmitOptions) -> Job | list[Job]:
-        with tracer.start_as_current_span("jobpool.submit") as span:
-            new_jobs, is_batch = self.build(job_type, payload, options)
-            span.set_attributes(self._span_attributes(job_type, new_jobs))
-            async with self._connection() as conn:
-                if any(job.dedupe_key for job in new_jobs):
-                    async with conn.transaction():
-                        inserted = await self._insert(conn, new_jobs)
-                else:
-                    inserted = await self._insert(conn, new_jobs)
-            return inserted if is_batch else inserted[0]
+        return await self._traced(job_type, payload, options, self._insert_own)
 
     async def enqueue(
         self, conn: asyncpg.Connection, job_type: str, payload: Any, **options: Any
@@ -218,16 +209,38 @@ class Client:
         """
         if not conn.is_in_transaction():
             raise RuntimeError("enqueue() needs a connection inside a transaction")
-        submit_options = SubmitOptions(**options)
-        with tracer.start_as_current_span("jobpool.submit") as span:
-            new_jobs, is_batch = self.build(job_type, payload, submit_options)
-            span.set_attributes(self._span_attributes(job_type, new_jobs))
+
+        async def insert_in_callers_transaction(new_jobs: list[NewJob]) -> list[Job]:
             await jobs.tenant_set_local(conn, self.tenant)
-            inserted = await self._insert(conn, new_jobs)
+            return await jobs.job_insert_many(conn, self.pool_name, self.tenant, new_jobs)
+
+        return await self._traced(
+            job_type, payload, SubmitOptions(**options), insert_in_callers_transaction
+        )
+
+    async def _traced(
+        self,
+        job_type: str,
+        payload: Any,
+        options: SubmitOptions,
+        insert: Callable[[list[NewJob]], Awaitable[list[Job]]],
+    ) -> Job | list[Job]:
+        """Validate, then insert, in a ``jobpool.submit`` span (whose traceparent the jobs
+        carry); one job or the batch, as submitted."""
+        with tracer.start_as_current_span("jobpool.submit") as span:
+            new_jobs, is_batch = self.build(job_type, payload, options)
+            span.set_attributes(self._span_attributes(job_type, new_jobs))
+            inserted = await insert(new_jobs)
             return inserted if is_batch else inserted[0]
 
-    async def _insert(self, conn: asyncpg.Connection, new_jobs: list[NewJob]) -> list[Job]:
-        return await jobs.job_insert_many(conn, self.pool_name, self.tenant, new_jobs)
+    async def _insert_own(self, new_jobs: list[NewJob]) -> list[Job]:
+        """On a connection of our own: one statement, or a transaction when dedupe keys
+        may need a second look-up (so the batch stays atomic)."""
+        async with self._connection() as conn:
+            if not any(job.dedupe_key for job in new_jobs):
+                return await jobs.job_insert_many(conn, self.pool_name, self.tenant, new_jobs)
+            async with conn.transaction():
+                return await jobs.job_insert_many(conn, self.pool_name, self.tenant, new_jobs)
 
     def _span_attributes(self, job_type: str, new_jobs: list[NewJob]) -> dict[str, Any]:
         first = new_jobs[0] if new_jobs else None
