@@ -29,7 +29,12 @@ PROCESSING_SECONDS = Histogram(
 FAILURES = Counter(
     "jobpool_job_failures_total", "Failed attempts, by reason", ["pool", "type", "reason"]
 )
-DLQ_SIZE = Gauge("jobpool_dlq_size", "Unreplayed dead-letter entries of the pool", ["pool"])
+DLQ_SIZE = Gauge(
+    "jobpool_dlq_size",
+    "Unreplayed dead-letter entries of the pool (reported by the holder of shard 0, "
+    "0 on the other pods)",
+    ["pool"],
+)
 COMPLETED = Counter("jobpool_jobs_completed_total", "Jobs that succeeded", ["pool", "type"])
 CANCELLATIONS = Counter(
     "jobpool_job_cancellations_total", "Running jobs cancelled on request", ["pool", "type"]

@@ -180,9 +180,12 @@ class Worker:
     async def _stats(self) -> None:
         assert self._conns is not None
         pool = self.settings.pool
+        # The DLQ is pool-wide: only the holder of shard 0 counts it, so the pool is
+        # counted once and the pods' gauges add up.
+        reports_dlq = 0 in self.ownership.held
         async with self._conns.acquire() as conn:
             depth = await execution.job_queue_depth(conn, pool, shards=list(self.ownership.held))
-            dlq_size = await dlq.dlq_count_pending(conn, pool)
+            dlq_size = await dlq.dlq_count_pending(conn, pool) if reports_dlq else 0
         for priority, queued in depth.items():
             metrics.QUEUE_DEPTH.labels(pool, priority.value).set(queued)
         metrics.DLQ_SIZE.labels(pool).set(dlq_size)
