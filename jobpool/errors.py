@@ -36,6 +36,15 @@ class BatchTooLarge(InvalidInput):
     """A batch with more items than the configured batch limit."""
 
 
+class InvalidBatch(InvalidInput):
+    """Several items of a batch are invalid: the message names each (index and what is
+    wrong, the first 20), ``items`` holds every ``(index, error)``."""
+
+    def __init__(self, message: str, *, items: list[tuple[int, InvalidInput]]) -> None:
+        super().__init__(message)
+        self.items = items
+
+
 class InvalidSchedule(InvalidInput):
     """Both ``delay`` and ``run_at`` given, a negative delay, or a naive ``run_at``."""
 
@@ -66,6 +75,10 @@ class JobFailed(JobpoolError):
 
 class JobCancelled(JobpoolError):
     """The awaited job was cancelled."""
+
+
+class JobWaitTimeout(JobpoolError, TimeoutError):
+    """The awaited job did not end within the timeout given to ``result()``."""
 
 
 class DlqEntryNotFound(JobpoolError, LookupError):

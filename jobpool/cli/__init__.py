@@ -15,9 +15,11 @@ import typer
 
 from jobpool.cli import admin, dev, dlq, jobs, operator, submit, worker
 from jobpool.cli.common import EXIT_CODES_HELP
+from jobpool.cli.usage import RootGroup, plain_usage
 
 app = typer.Typer(
     name="jobpool",
+    cls=RootGroup,
     help="jobpool: a durable, sharded job system backed by Postgres.\n\n"
     "Every command takes the database as --dsn or JOBPOOL_DSN; job and dead-letter "
     "commands also take --pool (JOBPOOL_POOL) and --tenant (JOBPOOL_TENANT, default "
@@ -59,6 +61,7 @@ admin.register(app)
 worker.register(app)
 dev.register(app)
 operator.register(app)
+plain_usage(app)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from jobpool.cli.common import (
     run,
 )
 from jobpool.cli.output import echo_fields, echo_json, pool_fields
+from jobpool.cli.usage import PlainGroup
 from jobpool.errors import PoolNotFound
 from jobpool.models import Pool
 from jobpool.store.migrate import migrate, pending_migrations
@@ -33,6 +34,7 @@ DEFAULT_SHARDS = 64
 
 pool_app = typer.Typer(
     name="pool",
+    cls=PlainGroup,
     help="Create and show pools (a pool's shard count and its ring of worker replicas).",
     no_args_is_help=True,
 )

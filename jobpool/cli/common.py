@@ -36,6 +36,7 @@ from jobpool.errors import (
     JobFailed,
     JobNotFound,
     JobpoolError,
+    JobWaitTimeout,
     MigrationError,
     PoolNotFound,
 )
@@ -234,6 +235,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], 
     ((PoolNotFound, JobNotFound, DlqEntryNotFound), ExitCode.NOT_FOUND),
     ((JobAlreadyFinished, DlqEntryAlreadyReplayed), ExitCode.CONFLICT),
     ((JobFailed, JobCancelled), ExitCode.FAILED),
+    (JobWaitTimeout, ExitCode.TIMEOUT),
     # Not every OSError: a broken stdout pipe is left to click, which exits quietly.
     ((DatabaseUnavailable, asyncpg.InterfaceError, *_CONNECTION_LOST), ExitCode.UNAVAILABLE),
     ((asyncpg.PostgresError, MigrationError), ExitCode.DATABASE_ERROR),

@@ -33,10 +33,12 @@ from jobpool.cli.output import (
     echo_json,
     print_table,
 )
+from jobpool.cli.usage import PlainGroup
 from jobpool.models import DlqId
 
 app = typer.Typer(
     name="dlq",
+    cls=PlainGroup,
     help="Inspect, replay and purge the dead-letter queue (jobs that failed for good).",
     no_args_is_help=True,
 )

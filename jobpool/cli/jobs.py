@@ -8,7 +8,7 @@ The job id is checked before anything connects.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -22,8 +22,6 @@ from jobpool.cli.common import (
     Target,
     TenantOption,
     command,
-    open_client,
-    run,
     with_client,
 )
 from jobpool.cli.output import echo_errors, echo_fields, echo_json, status_fields, to_json_text
@@ -115,20 +113,8 @@ def result(
     no such job.
     """
     target, jid = Target.from_options(dsn, pool, tenant), parse_job_id(job_id)
-    typer.echo(to_json_text(run(_result(target, jid, timeout))))
-
-
-async def _result(target: Target, job_id: JobId, timeout: float | None) -> Any:
-    async with open_client(target) as client:
-        try:
-            return await client.result(job_id, timeout=timeout)
-        except TimeoutError:
-            if timeout is None:
-                raise
-            state = (await client.status(job_id)).state.value
-            raise CliError(
-                f"timed out after {timeout:g} s: job {job_id} is still {state}", ExitCode.TIMEOUT
-            ) from None
+    value = with_client(target, lambda client: client.result(jid, timeout=timeout))
+    typer.echo(to_json_text(value))
 
 
 def register(app: typer.Typer) -> None:

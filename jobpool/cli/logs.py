@@ -1,19 +1,43 @@
 """Logging of the long-running commands (``worker``, ``operator``): text for people,
-JSON lines for log collectors, and the two options that choose them."""
+JSON lines for log collectors, and the two options that choose them.
+
+Both options take a fixed set of values, so a typo (``--log-level verbose``,
+``--log-format yaml``) is a usage error of one line, before anything starts.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
+
+class LogLevel(StrEnum):
+    """The levels ``--log-level`` accepts."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(StrEnum):
+    """The formats ``--log-format`` accepts."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
 LogLevelOption = Annotated[
-    str, typer.Option(envvar="JOBPOOL_LOG_LEVEL", help="debug, info, warning or error.")
+    LogLevel,
+    typer.Option(envvar="JOBPOOL_LOG_LEVEL", help="debug, info, warning or error."),
 ]
 LogFormatOption = Annotated[
-    str, typer.Option(envvar="JOBPOOL_LOG_FORMAT", help="text, or json for log collectors.")
+    LogFormat,
+    typer.Option(envvar="JOBPOOL_LOG_FORMAT", help="text, or json for log collectors."),
 ]
 
 
@@ -33,9 +57,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str) -> None:
+    """Log to stderr at ``level`` (a :class:`LogLevel`) in ``log_format``."""
     handler = logging.StreamHandler()
-    if log_format == "json":
+    if LogFormat(log_format) is LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=LogLevel(level).upper(), handlers=[handler], force=True)

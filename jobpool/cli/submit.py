@@ -34,9 +34,9 @@ from jobpool.cli.common import (
     command,
     open_client,
     run,
+    with_client,
 )
 from jobpool.cli.output import echo_json
-from jobpool.client import Item
 from jobpool.client.validation import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -67,9 +67,18 @@ def submit(
             metavar="PAYLOAD_JSON",
             show_default=False,
             help='The job\'s payload as JSON, e.g. \'{"to": "ann@example.com"}\'. '
-            "Default: {}. Not with --file.",
+            "Default: {}. Not with --file. A JSON array is a batch, as in the library: "
+            "it needs --batch.",
         ),
     ] = None,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="PAYLOAD_JSON is a JSON array: submit one job per element, in one round "
+            "trip, all or none, and print their ids in order.",
+        ),
+    ] = False,
     file: Annotated[
         Path | None,
         typer.Option(
@@ -140,10 +149,16 @@ def submit(
     tenant: TenantOption = DEFAULT_TENANT,
     json_output: JsonOption = False,
 ) -> None:
-    """Submit one job and print its id, or submit a JSON-lines file of jobs.
+    """Submit one job and print its id, a batch (--batch), or a JSON-lines file of jobs.
 
     One job: prints the new job's id. When --dedupe-key matches an unfinished job, prints
     that job's id instead and says "duplicate of existing job" on stderr.
+
+    A JSON array means a batch, as it does for the library's submit(): with --batch each
+    element is the payload of one job, all submitted in one transaction (a bad element
+    submits none and every bad element is named); the ids are printed one per line, in
+    order. Without --batch an array is refused. (To submit one job whose payload is an
+    array, put the array on one line of a --file.)
 
     With --file: shows a progress bar when stderr is a terminal, then prints how many jobs
     were submitted and at what rate. With --json the output is one JSON object.
@@ -154,15 +169,25 @@ def submit(
         "duration": duration, "request_id": request_id, "user_id": user_id,
     }  # fmt: skip
     if file is None:
-        job = run(_submit_one(target, job_type, parse_payload(payload), options, dedupe_key))
+        value = parse_payload(payload)
+        if batch:
+            _submit_batch(target, job_type, value, options, dedupe_key, json_output=json_output)
+            return
+        if isinstance(value, list):
+            raise CliError(
+                "PAYLOAD_JSON is a JSON array, which is a batch (as in the library): pass "
+                "--batch to submit one job per element",
+                ExitCode.USAGE,
+            )
+        job = run(_submit_one(target, job_type, value, options, dedupe_key))
         _report_one(job, json_output=json_output)
         return
-    if payload is not None:
-        raise CliError("give either PAYLOAD_JSON or --file, not both", ExitCode.USAGE)
-    if dedupe_key is not None:
+    if payload is not None or batch:
         raise CliError(
-            "--dedupe-key cannot be used with --file: every line would share it", ExitCode.USAGE
+            f"give either {'--batch' if batch else 'PAYLOAD_JSON'} or --file, not both",
+            ExitCode.USAGE,
         )
+    _refuse_shared_dedupe_key(dedupe_key, "--file", "line")
     payloads = read_payloads(file, max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES)
     with progress_bar(len(payloads)) as advance:
         seconds = run(_submit_file(target, job_type, payloads, options, batch_size, advance))
@@ -181,14 +206,48 @@ def parse_payload(text: str | None) -> Any:
         ) from None
 
 
+def _refuse_shared_dedupe_key(dedupe_key: str | None, option: str, what: str) -> None:
+    if dedupe_key is not None:
+        raise CliError(
+            f"--dedupe-key cannot be used with {option}: every {what} would share it",
+            ExitCode.USAGE,
+        )
+
+
 async def _submit_one(
     target: Target, job_type: str, payload: Any, options: dict[str, Any], dedupe_key: str | None
 ) -> Job:
     async with open_client(target) as client:
-        # Item makes a JSON array the payload of one job, not a batch.
-        return await client.submit(
-            job_type, Item(payload=payload), dedupe_key=dedupe_key, **options
+        return await client.submit(job_type, payload, dedupe_key=dedupe_key, **options)
+
+
+def _submit_batch(
+    target: Target,
+    job_type: str,
+    payloads: Any,
+    options: dict[str, Any],
+    dedupe_key: str | None,
+    *,
+    json_output: bool,
+) -> None:
+    """``--batch``: the array's elements as one batch; their ids (or jobs), in order."""
+    if not isinstance(payloads, list):
+        raise CliError(
+            f"--batch needs PAYLOAD_JSON to be a JSON array, got a JSON {_json_kind(payloads)}",
+            ExitCode.USAGE,
         )
+    _refuse_shared_dedupe_key(dedupe_key, "--batch", "element")
+    jobs = with_client(target, lambda client: client.submit(job_type, payloads, **options))
+    if json_output:
+        echo_json([job.model_dump(mode="json") for job in jobs])
+        return
+    for job in jobs:
+        typer.echo(str(job.id))
+
+
+def _json_kind(value: Any) -> str:
+    names = {dict: "object", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
 
 
 def _report_one(job: Job, *, json_output: bool) -> None:

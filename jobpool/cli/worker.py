@@ -8,6 +8,7 @@ changes on every restart while its name does not), else a fresh UUID.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -22,11 +23,13 @@ from jobpool.cli.common import (
     DsnOption,
     ExitCode,
     command,
+    dev_pool,
     open_connection,
     require_dsn,
     run,
 )
 from jobpool.cli.logs import LogFormatOption, LogLevelOption, configure_logging
+from jobpool.cli.ringcheck import read_live_ordinals, ring_warnings
 from jobpool.models import Pool, Priority
 from jobpool.store.pools import pool_set_replicas
 from jobpool.worker import Registry, RetryPolicy, Worker, WorkerSettings
@@ -34,6 +37,8 @@ from jobpool.worker.runtime import install_signal_handlers
 from jobpool.worker.scheduler import DEFAULT_WEIGHTS
 
 PANEL = "Workers"
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
+"""Why the metrics server could not listen: the only ``OSError`` a worker reports as such."""
 POD_ORDINAL = re.compile(r"-(\d+)$")
 
 PoolNameOption = Annotated[
@@ -53,9 +58,17 @@ def load_registry(app_path: str) -> Registry:
         registry = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise CliError(f"cannot load handlers {app_path!r}: {exc}", ExitCode.USAGE) from None
+    except Exception as exc:  # the module itself failed: a SyntaxError, its own error
+        raise CliError(
+            f"cannot load handlers {app_path!r}: importing {module_name} raised "
+            f"{type(exc).__name__}: {exc}",
+            ExitCode.USAGE,
+        ) from None
     if not isinstance(registry, Registry):
         raise CliError(
-            f"{app_path!r} is a {type(registry).__name__}, not a jobpool.Registry", ExitCode.USAGE
+            f"cannot load handlers {app_path!r}: {attribute} is of type "
+            f"{type(registry).__name__}, not a jobpool.Registry",
+            ExitCode.USAGE,
         )
     return registry
 
@@ -180,7 +193,16 @@ def worker_command(
     )
     registry = load_registry(app)
     configure_logging(log_level, log_format)
-    run(_run_worker(settings, registry))
+    try:
+        run(_run_worker(settings, registry))
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        raise CliError(
+            f"cannot serve metrics on port {metrics_port}: {exc.strerror} (another worker "
+            "on this host? give each its own --metrics-port, or 0 for none)",
+            ExitCode.USAGE,
+        ) from None
 
 
 async def _run_worker(settings: WorkerSettings, registry: Registry) -> None:
@@ -198,17 +220,27 @@ def ring_command(
     """Change the ring of a running pool: its workers rebalance their shards at once.
 
     Scaling from R to R+1 moves about 1/(R+1) of the shards, all to the new ordinal;
-    shards move only after their current owner has drained them.
+    shards move only after their current owner has drained them. Warns on stderr when
+    an ordinal of the new ring has no live worker, or a live worker is beyond it
+    (unless a `jobpool dev` of this pool runs: it starts and stops workers to match).
     """
-    updated = run(_set_ring(require_dsn(dsn), pool, replicas))
+    checked_dsn = require_dsn(dsn)
+    updated, live = run(_set_ring(checked_dsn, pool, replicas))
     typer.echo(
         f"pool {updated.name}: {updated.replicas} replicas, ring version {updated.ring_version}"
     )
+    if dev_pool(checked_dsn) == updated.name:
+        typer.echo("jobpool dev starts and stops workers to match", err=True)
+        return
+    for warning in ring_warnings(updated.name, updated.replicas, live):
+        typer.echo(warning, err=True)
 
 
-async def _set_ring(dsn: str, pool: str, replicas: int) -> Pool:
+async def _set_ring(dsn: str, pool: str, replicas: int) -> tuple[Pool, set[int]]:
+    """The pool with its new ring, and the ordinals that have a live worker."""
     async with open_connection(dsn) as conn:
-        return await pool_set_replicas(conn, pool, replicas)
+        updated = await pool_set_replicas(conn, pool, replicas)
+        return updated, await read_live_ordinals(conn, pool)
 
 
 def register(app: typer.Typer) -> None:

@@ -31,6 +31,7 @@ from jobpool.errors import (
     JobCancelled,
     JobFailed,
     JobNotFound,
+    JobWaitTimeout,
 )
 from jobpool.models import (
     JSON,
@@ -276,9 +277,19 @@ class Client:
         """Wait for the job to end and return its result (LISTEN, no polling).
 
         Raises ``JobFailed`` if it ended dead, ``JobCancelled`` if it was cancelled and
-        ``TimeoutError`` if it is still unfinished after ``timeout`` seconds.
+        ``JobWaitTimeout`` (a ``TimeoutError`` too) if it is still unfinished after
+        ``timeout`` seconds, naming the job, the wait and the job's state.
         """
-        status = await self._wait(_job_id(job_id), lambda s: s.state.finished, timeout)
+        jid = _job_id(job_id)
+        try:
+            status = await self._wait(jid, lambda s: s.state.finished, timeout)
+        except TimeoutError:
+            if timeout is None:
+                raise
+            state = (await self.status(jid)).state.value
+            raise JobWaitTimeout(
+                f"timed out after {timeout:g} s: job {jid} is still {state}"
+            ) from None
         if status.state is JobState.DEAD:
             last = status.last_error
             reason = f"{last.error_type}: {last.message}" if last else "no error recorded"

@@ -2,7 +2,9 @@
 
 All checks run on the whole batch before anything is written, so a batch with one bad
 item inserts nothing. Errors are the typed ``InvalidInput`` subclasses of
-``jobpool.errors``; in a batch they name the offending item (``item #3: …``).
+``jobpool.errors``; in a batch they name the offending item (``item #3: …``), and a
+batch with several bad items raises one ``InvalidBatch`` that lists every one of them
+(index and what is wrong), so a caller fixes them all in one go.
 
 Options are checked by hand rather than by a coercing model: ``priority=5`` is an
 unknown priority, not a validation error of another library, and ``max_attempts=True``
@@ -19,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobpool.errors import (
+    InvalidBatch,
     InvalidInput,
     InvalidSchedule,
     PayloadNotSerializable,
@@ -40,6 +43,8 @@ from jobpool.sharding import shard_for
 MAX_KEY_LENGTH = 512
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 DEFAULT_MAX_BATCH = 10_000
+MAX_LISTED_ITEMS = 20
+"""An ``InvalidBatch`` message lists this many bad items; its ``items`` holds them all."""
 
 Delay = timedelta | float | int
 
@@ -223,6 +228,7 @@ def build_jobs(
     check_job_type(job_type)
     common = _validated_fields(options, traceparent)
     jobs = []
+    bad: list[tuple[int, InvalidInput]] = []
     for index, (item, job_id) in enumerate(zip(items, new_job_ids(len(items)), strict=True)):
         try:
             jobs.append(
@@ -240,8 +246,21 @@ def build_jobs(
         except InvalidInput as exc:
             if len(items) == 1:
                 raise
-            raise type(exc)(f"item #{index}: {exc}") from None
+            bad.append((index, exc))
+    if bad:
+        raise _batch_error(bad, len(items))
     return jobs
+
+
+def _batch_error(bad: list[tuple[int, InvalidInput]], total: int) -> InvalidInput:
+    """One bad item: its own error, naming it; several: ``InvalidBatch`` listing each."""
+    if len(bad) == 1:
+        index, exc = bad[0]
+        return type(exc)(f"item #{index}: {exc}")
+    listed = "; ".join(f"item #{index}: {exc}" for index, exc in bad[:MAX_LISTED_ITEMS])
+    more = len(bad) - MAX_LISTED_ITEMS
+    tail = f"; and {more} more" if more > 0 else ""
+    return InvalidBatch(f"{len(bad)} of {total} items are invalid: {listed}{tail}", items=bad)
 
 
 def as_items(payload: Any) -> tuple[list[Any], bool]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +28,9 @@ from jobpool.cli import submit as submit_module
 from jobpool.cli.common import ExitCode, scrub
 from jobpool.models import Pool
 from jobpool.store.migrate import MIGRATIONS_DIR
+from jobpool.store.workers import WorkerCounters, worker_heartbeat
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TENANT = "acme"
 UNREACHABLE_DSN = "postgresql://u:secret@127.0.0.1:1/db"
 ALL_MIGRATIONS = [path.name for path in sorted(MIGRATIONS_DIR.glob("*.sql"))]
@@ -258,16 +264,55 @@ async def test_submit_json_output_and_dedupe(dsn: str, pool: Pool) -> None:
     assert "duplicate of existing job" in second.stderr
 
 
-async def test_submit_array_payload_is_one_job(
+async def test_submit_array_needs_batch_and_then_is_a_batch(
     dsn: str, pool: Pool, conn: asyncpg.Connection
 ) -> None:
-    result = await invoke("submit", "email.send", "[1, 2, 3]", *job_args(dsn))
-    assert result.exit_code == 0, result.output
-    assert await count_jobs(conn) == 1
-    payload = await conn.fetchval(
-        "SELECT payload::text FROM jobs WHERE id = $1", uuid.UUID(result.stdout.strip())
+    refused = await invoke("submit", "email.send", "[1, 2, 3]", *job_args(dsn))
+    assert_one_line_error(refused, ExitCode.USAGE, "is a JSON array", "pass --batch")
+    assert await count_jobs(conn) == 0
+
+    batch = await invoke("submit", "email.send", '[{"n": 1}, [2], 3]', "--batch", *job_args(dsn))
+    assert batch.exit_code == 0, batch.output
+    ids = [uuid.UUID(line) for line in batch.stdout.splitlines()]
+    rows = await conn.fetch("SELECT id, payload::text FROM jobs")
+    payloads = {row["id"]: json.loads(row["payload"]) for row in rows}
+    assert [payloads[job_id] for job_id in ids] == [{"n": 1}, [2], 3]
+
+    as_json = await invoke("submit", "email.send", "[4, 5]", "--batch", "--json", *job_args(dsn))
+    assert as_json.exit_code == 0, as_json.output
+    assert [job["type"] for job in json.loads(as_json.stdout)] == ["email.send"] * 2
+
+
+async def test_submit_batch_misuse(dsn: str, pool: Pool, tmp_path: Path) -> None:
+    not_array = await invoke("submit", "email.send", '{"n": 1}', "--batch", *job_args(dsn))
+    assert_one_line_error(
+        not_array,
+        ExitCode.USAGE,
+        "--batch needs PAYLOAD_JSON to be a JSON array, got a JSON object",
     )
-    assert json.loads(payload) == [1, 2, 3]
+    shared = await invoke(
+        "submit", "email.send", "[1]", "--batch", "--dedupe-key", "k", *job_args(dsn)
+    )
+    assert_one_line_error(shared, ExitCode.USAGE, "--dedupe-key cannot be used with --batch")
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("1\n")
+    both = await invoke("submit", "email.send", "--batch", "--file", str(path), *job_args(dsn))
+    assert_one_line_error(both, ExitCode.USAGE, "give either --batch or --file, not both")
+
+
+async def test_submit_batch_names_every_bad_element(
+    dsn: str, pool: Pool, conn: asyncpg.Connection
+) -> None:
+    payload = json.dumps([{"ok": 1}, {"blob": "x" * (1024 * 1024)}, {"ok": 2}, "y" * (1024 * 1024)])
+    result = await invoke("submit", "email.send", payload, "--batch", *job_args(dsn))
+    assert_one_line_error(
+        result,
+        ExitCode.USAGE,
+        "2 of 4 items are invalid",
+        "item #1: payload is",
+        "item #3: payload is",
+    )
+    assert await count_jobs(conn) == 0
 
 
 async def test_submit_uses_environment_variables(dsn: str, pool: Pool) -> None:
@@ -637,3 +682,147 @@ def test_invalid_job_id_is_rejected_before_connecting() -> None:
     for command in ("status", "cancel", "result"):
         result = invoke_sync(command, "not-a-uuid", "--pool", "emails", "--dsn", UNREACHABLE_DSN)
         assert_one_line_error(result, ExitCode.USAGE, "invalid job id 'not-a-uuid'")
+
+
+# -- usage errors: one line, exit 2, no traceback ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "fragments"),
+    [
+        (["submit"], ["missing argument 'TYPE'", "(see `jobpool submit --help`)"]),
+        (
+            ["submit", "email.send", "--priority", "urgent"],
+            ["invalid value for '--priority': 'urgent' is not one of 'critical'"],
+        ),
+        (["submit", "email.send", "--bogus"], ["no such option: --bogus"]),
+        (["result", str(uuid.UUID(int=1)), "--timeout", "-1"], ["invalid value for '--timeout'"]),
+        (["nosuchcommand"], ["no such command 'nosuchcommand'", "(see `jobpool --help`)"]),
+        (["dlq", "list", "--limit", "many"], ["invalid value for '--limit'"]),
+        (
+            ["worker", "--pool", "p", "--app", "m:r", "--log-level", "verbose"],
+            ["'verbose' is not one of 'debug'"],
+        ),
+        (
+            ["worker", "--pool", "p", "--app", "m:r", "--log-format", "yaml"],
+            ["'yaml' is not one of 'text', 'json'"],
+        ),
+        (["operator", "--log-format", "yaml"], ["'yaml' is not one of 'text', 'json'"]),
+        (["worker", "--app", "m:r"], ["missing option '--pool'"]),
+    ],
+    ids=lambda value: " ".join(value)[:40] if isinstance(value, list) else None,
+)
+def test_usage_errors_are_one_line(command: list[str], fragments: list[str]) -> None:
+    assert_one_line_error(invoke_sync(*command), ExitCode.USAGE, *fragments)
+
+
+def test_log_level_from_the_environment_is_checked_too() -> None:
+    result = invoke_sync(
+        "worker", "--pool", "p", "--app", "m:r", env={"JOBPOOL_LOG_LEVEL": "verbose"}
+    )
+    assert_one_line_error(result, ExitCode.USAGE, "JOBPOOL_LOG_LEVEL", "'verbose'")
+
+
+def test_usage_shows_plain_argument_names_and_no_flag_types() -> None:
+    usage = invoke_sync("submit", "--help")
+    assert usage.exit_code == 0
+    assert "Usage: jobpool submit [OPTIONS] TYPE [PAYLOAD_JSON]" in usage.stdout
+    assert "{TYPE}" not in usage.stdout
+    for command in (
+        ["--help"],
+        ["submit", "--help"],
+        ["dlq", "list", "--help"],
+        ["pool", "--help"],
+    ):
+        assert "<bool>" not in invoke_sync(*command).stdout, command
+
+
+def test_a_group_without_a_command_prints_its_help() -> None:
+    result = invoke_sync("dlq")
+    assert "Usage: jobpool dlq" in result.output
+    assert "error:" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("source", "raised"),
+    [
+        ("def broken(:\n", "SyntaxError: "),
+        ("raise RuntimeError('no SMTP_HOST in the environment')\n", "RuntimeError: no SMTP_HOST"),
+        ("import no_such_module_anywhere\n", "No module named 'no_such_module_anywhere'"),
+        ("registry = 42\n", "registry is of type int, not a jobpool.Registry"),
+    ],
+    ids=["syntax", "runtime", "import", "not-a-registry"],
+)
+@pytest.mark.parametrize("command", ["worker", "dev"])
+def test_an_app_module_that_fails_is_one_line(
+    command: str, source: str, raised: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = f"broken_handlers_{uuid.uuid4().hex}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    extra = ["--ordinal", "0"] if command == "worker" else []
+    result = invoke_sync(
+        command, "--pool", "p", "--app", f"{module}:registry", "--dsn", UNREACHABLE_DSN, *extra
+    )
+    assert_one_line_error(
+        result, ExitCode.USAGE, f"cannot load handlers '{module}:registry'", raised
+    )
+
+
+# -- workers and the ring ----------------------------------------------------------
+
+
+async def test_a_metrics_port_in_use_is_one_line(dsn: str, pool: Pool) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "jobpool", "worker", "--pool", "emails", "--ordinal", "0",
+             "--app", "examples.handlers:registry", "--metrics-port", str(port)],
+            env={**os.environ, "JOBPOOL_DSN": dsn},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert worker.returncode == ExitCode.USAGE, worker.stderr
+    lines = worker.stderr.splitlines()
+    assert lines == [
+        f"error: cannot serve metrics on port {port}: Address already in use (another worker "
+        "on this host? give each its own --metrics-port, or 0 for none)"
+    ], worker.stderr
+
+
+async def _heartbeat(conn: asyncpg.Connection, *ordinals: int) -> None:
+    for ordinal in ordinals:
+        await worker_heartbeat(
+            conn, "emails", ordinal=ordinal, incarnation=f"test-{ordinal}", shards=[],
+            counters=WorkerCounters(),
+        )  # fmt: skip
+
+
+async def test_ring_warns_about_missing_and_extra_workers(
+    dsn: str, pool: Pool, conn: asyncpg.Connection
+) -> None:
+    await _heartbeat(conn, 0, 5)
+    result = await invoke("ring", "--pool", "emails", "--replicas", "3", "--dsn", dsn)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "pool emails: 3 replicas, ring version 2\n"
+    assert result.stderr.splitlines() == [
+        "warning: the ring of pool emails wants 3 workers (ordinals 0-2), but ordinals 1, 2 "
+        "have no live worker: start them (jobpool worker --pool emails --ordinal 1 …; "
+        "jobpool worker --pool emails --ordinal 2 …)",
+        "warning: ordinal 5 of pool emails has a live worker beyond the ring of 3: it holds "
+        "no shards and idles; stop it, or raise --replicas",
+    ]
+
+    # A dead worker's row (an old heartbeat) does not count as live.
+    await conn.execute(
+        "UPDATE workers SET heartbeat_at = now() - interval '1 hour' WHERE ordinal = 5"
+    )
+    await _heartbeat(conn, 1, 2)
+    agreed = await invoke("ring", "--pool", "emails", "--replicas", "3", "--dsn", dsn)
+    assert agreed.exit_code == 0, agreed.output
+    assert agreed.stderr == ""
