@@ -98,6 +98,14 @@ class JobState(StrEnum):
         return self in (JobState.SUCCEEDED, JobState.CANCELLED, JobState.DEAD)
 
 
+class QueueState(StrEnum):
+    """A queued job is ``due`` once its ``run_at`` passed, ``scheduled`` before (delayed,
+    or backing off before a retry): only due jobs wait for a worker."""
+
+    DUE = "due"
+    SCHEDULED = "scheduled"
+
+
 class Duration(StrEnum):
     """``long`` jobs renew their shard lease while they run."""
 
@@ -116,13 +124,21 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+MAX_TRACEBACK_CHARS = 4096
+
+
 class ErrorRecord(_Frozen):
-    """One failed attempt, as kept in ``error_history``."""
+    """One failed attempt, as kept in ``error_history``.
+
+    ``traceback`` is the handler's formatted traceback when it raised, bounded to
+    ``MAX_TRACEBACK_CHARS`` (its end kept: the innermost frames and the error).
+    """
 
     attempt: int
     error_type: str
     message: str
     at: datetime
+    traceback: str | None = Field(default=None, max_length=MAX_TRACEBACK_CHARS)
 
 
 class Progress(_Frozen):

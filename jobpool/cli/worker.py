@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
 import re
 import sys
@@ -209,6 +210,11 @@ async def _run_worker(settings: WorkerSettings, registry: Registry) -> None:
     worker = Worker(settings, registry)
     install_signal_handlers(worker)
     await worker.run()
+    if worker.dispatcher.launcher.running_abandoned:
+        # Handlers that ignore cancellation would hold asyncio.run's final cleanup
+        # forever: the drain is done (outcomes written, leases released), exit now.
+        logging.shutdown()
+        os._exit(0)
 
 
 @command

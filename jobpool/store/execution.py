@@ -21,6 +21,7 @@ from jobpool.models import (
     Finish,
     JobId,
     Priority,
+    QueueState,
     Retry,
     ShardId,
 )
@@ -185,12 +186,14 @@ async def job_next_due(conn: Connection, pool: str, *, shards: Sequence[int]) ->
 
 async def job_queue_depth(
     conn: Connection, pool: str, *, shards: Sequence[int]
-) -> dict[Priority, int]:
-    """Queued jobs per priority lane in ``shards`` (every lane present, zeros included)."""
+) -> dict[QueueState, dict[Priority, int]]:
+    """Queued jobs per state (``due``, ``scheduled``) and priority lane in ``shards``
+    (every state and lane present, zeros included)."""
     rows = await conn.fetch(QUERIES["job_queue_depth"], pool, list(shards))
-    depth = dict.fromkeys(Priority, 0)
+    depth = {state: dict.fromkeys(Priority, 0) for state in QueueState}
     for row in rows:
-        depth[Priority.from_rank(row["priority"])] = row["queued"]
+        state = QueueState.DUE if row["due"] else QueueState.SCHEDULED
+        depth[state][Priority.from_rank(row["priority"])] = row["queued"]
     return depth
 
 

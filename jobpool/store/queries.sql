@@ -373,10 +373,11 @@ CROSS JOIN LATERAL (
 ) AS next;
 
 -- name: job_queue_depth
-SELECT priority, count(*) AS queued
+-- Queued jobs of the caller's shards by priority, due (run_at passed) or not yet.
+SELECT priority, run_at <= now() AS due, count(*) AS queued
 FROM jobs
 WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'queued'
-GROUP BY priority;
+GROUP BY priority, due;
 
 -- name: worker_heartbeat
 INSERT INTO workers AS w (pool, ordinal, incarnation, shards, running, succeeded, failed)
@@ -396,7 +397,11 @@ SELECT ordinal, incarnation, started_at, heartbeat_at, shards, running, succeede
 FROM workers WHERE pool = $1 ORDER BY ordinal;
 
 -- name: pool_queue_counts
-SELECT priority, state, count(*) AS jobs FROM jobs WHERE pool = $1 GROUP BY priority, state;
+-- Due queued jobs (run_at passed) and running jobs of the pool; queued jobs not yet
+-- due (delayed, backing off before a retry) are not counted.
+SELECT priority, state, count(*) AS jobs FROM jobs
+WHERE pool = $1 AND (state = 'running' OR run_at <= now())
+GROUP BY priority, state;
 
 -- name: pool_oldest_queued_seconds
 -- Seconds the oldest due queued job of the pool has waited (NULL when none). One probe

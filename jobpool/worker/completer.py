@@ -4,6 +4,11 @@ Handlers hand their outcomes to ``add`` and move on; one writer task turns every
 that accumulated into one ``job_finish_many`` and one ``job_retry_many`` round trip.
 Under load, batches grow by themselves (outcomes pile up while a write is in flight);
 when idle, an outcome is written at once. No timer, no per-job round trip.
+
+A write that fails (the database is down) loses nothing: the batch goes back in front
+and ``step`` raises, so the worker's loop runner backs off as for every other loop
+(growing delays, one line per retry); the first failure of a streak is logged once
+with its traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Completer:
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._failing = False
 
     def add(self, outcome: Outcome, *, shard: ShardId) -> None:
         self._pending.append((outcome, shard))
@@ -50,13 +56,9 @@ class Completer:
         """Outcomes of ``shard`` not written yet: its lease must be kept until they are."""
         return self._unwritten[shard]
 
-    async def run(self) -> None:
-        """Write outcomes until cancelled; a failed write is retried, never dropped."""
-        while True:
-            await self.step()
-
     async def step(self) -> None:
-        """Wait for outcomes, then write one batch."""
+        """Wait for outcomes, then write one batch. A failed write raises after putting
+        its batch back: the caller's loop backs off and calls again."""
         await self._arrived.wait()
         await self.run_once()
 
@@ -71,11 +73,13 @@ class Completer:
         try:
             accepted = await self._write(outcomes)
         except Exception:  # whatever went wrong, the outcomes must not be lost
-            log.exception("writing %d outcomes failed, retrying in 1 s", len(batch))
             self._pending[:0] = batch
             self._arrived.set()
-            await asyncio.sleep(1.0)
-            return
+            if not self._failing:  # the first failure of a streak: its traceback, once
+                log.exception("writing %d outcomes failed; retrying with backoff", len(batch))
+            self._failing = True
+            raise
+        self._failing = False
         self._unwritten.subtract(shard for _, shard in batch)
         self._on_written(outcomes, accepted)
         if not self._pending:

@@ -16,6 +16,7 @@ is no poll loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -41,6 +42,8 @@ from jobpool.tracing import tracer
 from jobpool.worker import metrics
 from jobpool.worker.completer import Completer
 from jobpool.worker.executor import JobContext, Outcome, ReportProgress, execute
+from jobpool.worker.launcher import Launcher
+from jobpool.worker.outcomes import mark_span, tell
 from jobpool.worker.ownership import Ownership
 from jobpool.worker.registry import Registry
 from jobpool.worker.scheduler import WeightedLanes
@@ -224,6 +227,12 @@ class Dispatcher:
 
     # -- one attempt -----------------------------------------------------------------
 
+    @functools.cached_property
+    def launcher(self) -> Launcher:
+        """Starts the handlers: sync ones on at most twice ``concurrency`` threads, so as
+        many abandoned sync handlers (past their timeout, cancelled) may still run."""
+        return Launcher(self._settings.pool, max_threads=2 * self._settings.concurrency)
+
     async def _run(self, job: ClaimedJob, ctx: JobContext) -> None:
         pool = self._settings.pool
         due = max(job.created_at, job.run_at)
@@ -238,11 +247,14 @@ class Dispatcher:
                 context=parent,
                 kind=trace.SpanKind.CONSUMER,
                 attributes=_span_attributes(pool, job),
-            ):
-                outcome = await execute(job, ctx, self._registry, policy=self._settings.retry)
-            metrics.labelled(metrics.PROCESSING_SECONDS, pool, job.type).observe(
-                self._clock() - started
-            )
+            ) as span:
+                outcome = await execute(
+                    job, ctx, self._registry, policy=self._settings.retry, launcher=self.launcher
+                )
+                mark_span(span, outcome)
+            metrics.labelled(
+                metrics.PROCESSING_SECONDS, pool, self._type_label(job), job.priority.value
+            ).observe(self._clock() - started)
             self._count(job, outcome)
             self._completer.add(outcome, shard=job.shard)
         except asyncio.CancelledError:
@@ -251,22 +263,20 @@ class Dispatcher:
             self.running.pop(job.id, None)
             self._wake.set()
 
+    def _type_label(self, job: ClaimedJob) -> str:
+        return metrics.type_label(job.type, self._registry)
+
     def _count(self, job: ClaimedJob, outcome: Outcome) -> None:
-        pool = self._settings.pool
-        if isinstance(outcome, Retry):
-            metrics.labelled(metrics.FAILURES, pool, job.type, outcome.error.error_type).inc()
+        """Tell the outcome (metrics, log line) and count it for the heartbeat row."""
+        tell(job, outcome, pool=self._settings.pool, type_label=self._type_label(job))
+        if isinstance(outcome, Retry) or outcome.state is JobState.DEAD:
             self.failed += 1
         elif outcome.state is JobState.SUCCEEDED:
-            metrics.labelled(metrics.COMPLETED, pool, job.type).inc()
             self.succeeded += 1
-        elif outcome.state is JobState.CANCELLED:
-            metrics.labelled(metrics.CANCELLATIONS, pool, job.type).inc()
-        else:
-            metrics.labelled(metrics.FAILURES, pool, job.type, outcome.reason or "unknown").inc()
-            self.failed += 1
 
     def interrupt(self, late: set[asyncio.Task[None]]) -> None:
-        """Stop attempts still running after the drain timeout; retry them at once."""
+        """Stop attempts still running after the drain timeout; retry them at once. Their
+        handlers are abandoned (see ``launcher``): the shutdown does not wait for them."""
         for run in list(self.running.values()):
             if run.task in late:
                 run.task.cancel()
@@ -277,9 +287,9 @@ class Dispatcher:
                     at=now,
                     message="the worker shut down before the attempt ended",
                 )
-                self._completer.add(
-                    Retry(job_id=run.job.id, run_at=now, error=error), shard=run.job.shard
-                )
+                retry = Retry(job_id=run.job.id, run_at=now, error=error)
+                self._count(run.job, retry)
+                self._completer.add(retry, shard=run.job.shard)
 
 
 def _span_attributes(pool: str, job: ClaimedJob) -> dict[str, str | int]:

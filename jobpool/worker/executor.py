@@ -9,28 +9,51 @@ result that is not JSON (``ResultNotSerializable``). Retryable: any other except
 and a timeout (reason ``timeout``), until the attempts are exhausted (``MaxAttempts``).
 A cancellation that the job's cancel request caused ends it ``cancelled``; any other
 cancellation (shutdown, lost lease) propagates, and the attempt is retried elsewhere.
+
+The attempt ends at its deadline, or when it is cancelled, whatever the handler does:
+the handler runs apart from the attempt (a task, or a thread of the launcher), the
+outcome is decided at that moment, and a handler that does not stop is abandoned to
+the launcher, which bounds and counts such handlers. ``ctx.cancelled`` turns true when
+the attempt ended early, so sync handlers can stop cooperatively. A handler's
+traceback is kept, bounded, in the error record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
 
 from pydantic import ValidationError
 
 from jobpool.errors import HandlerMissing, Permanent
-from jobpool.models import ClaimedJob, ErrorRecord, Finish, JobId, JobState, Priority, Retry
+from jobpool.models import (
+    MAX_TRACEBACK_CHARS,
+    ClaimedJob,
+    ErrorRecord,
+    Finish,
+    JobId,
+    JobState,
+    Priority,
+    Retry,
+)
 from jobpool.worker.backoff import RetryPolicy
-from jobpool.worker.registry import Handler, Registry
+from jobpool.worker.launcher import HandlerThreadsBusy, Launcher, Run
+from jobpool.worker.registry import Registry
 
 Outcome = Finish | Retry
 ReportProgress = Callable[[ClaimedJob, float | None, str | None], Awaitable[None]]
 
-TIMEOUT = "timeout"
+TIMEOUT: Final = "timeout"
+CANCELLED: Final = "cancelled"
+Ended = Literal["done", "timeout", "cancelled"]
 MAX_ATTEMPTS = "MaxAttempts"
+CUT_MARK = "... (start cut)\n"
 
 
 @dataclass
@@ -40,6 +63,7 @@ class JobContext:
     job: ClaimedJob
     _report: ReportProgress
     cancel_requested: bool = field(default=False, init=False)
+    _ended: threading.Event = field(default_factory=threading.Event, init=False)
 
     @property
     def job_id(self) -> JobId:
@@ -69,16 +93,50 @@ class JobContext:
     def user_id(self) -> str | None:
         return self.job.user_id
 
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt ended without the handler: cancelled on request, past
+        its timeout, or stopped by the worker (shutdown, lost lease). Safe from threads."""
+        return self._ended.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``asyncio.CancelledError`` (not an ``Exception``, so ``except
+        Exception`` lets it through) if the attempt already ended; else do nothing."""
+        if self._ended.is_set():
+            raise asyncio.CancelledError(f"attempt {self.attempt} of job {self.job_id} ended")
+
+    def end(self) -> None:
+        """Mark the attempt ended: ``cancelled`` turns true."""
+        self._ended.set()
+
     async def report_progress(self, fraction: float | None, message: str | None = None) -> None:
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError(f"progress fraction must be within [0, 1], got {fraction}")
         await self._report(self.job, fraction, message)
 
 
-def _error(job: ClaimedJob, error_type: str, message: str) -> ErrorRecord:
+def bounded_traceback(exc: BaseException) -> str:
+    """``exc``'s formatted traceback, cut from the start to ``MAX_TRACEBACK_CHARS``."""
+    text = "".join(traceback.format_exception(exc))
+    if len(text) <= MAX_TRACEBACK_CHARS:
+        return text
+    return CUT_MARK + text[len(text) - MAX_TRACEBACK_CHARS + len(CUT_MARK) :]
+
+
+def _error(
+    job: ClaimedJob, error_type: str, message: str, exc: BaseException | None = None
+) -> ErrorRecord:
     return ErrorRecord(
-        attempt=job.attempt, error_type=error_type, message=message, at=datetime.now(UTC)
+        attempt=job.attempt,
+        error_type=error_type,
+        message=message,
+        at=datetime.now(UTC),
+        traceback=None if exc is None else bounded_traceback(exc),
     )
+
+
+def _raised(job: ClaimedJob, exc: BaseException) -> ErrorRecord:
+    return _error(job, type(exc).__name__, str(exc), exc)
 
 
 def _dead(job: ClaimedJob, reason: str, error: ErrorRecord) -> Finish:
@@ -92,14 +150,13 @@ def _retry_or_dead(job: ClaimedJob, error: ErrorRecord, policy: RetryPolicy) -> 
     return Retry(job_id=job.id, run_at=error.at + delay, error=error)
 
 
-async def _call(handler: Handler, argument: object, ctx: JobContext) -> object:
-    if handler.is_async:
-        return await handler.fn(argument, ctx)
-    return await asyncio.to_thread(handler.fn, argument, ctx)
-
-
 async def execute(
-    job: ClaimedJob, ctx: JobContext, registry: Registry, *, policy: RetryPolicy
+    job: ClaimedJob,
+    ctx: JobContext,
+    registry: Registry,
+    *,
+    policy: RetryPolicy,
+    launcher: Launcher,
 ) -> Outcome:
     """Run ``job``'s handler once and turn whatever happens into an outcome."""
     try:
@@ -111,25 +168,46 @@ async def execute(
         return _dead(job, "ValidationError", _error(job, "ValidationError", str(exc)))
     policy = handler.policy(policy)
     try:
-        async with asyncio.timeout(handler.timeout_s) as deadline:
-            value = await _call(handler, argument, ctx)
-    except asyncio.CancelledError:
-        if not ctx.cancel_requested:
-            raise
+        run = launcher.start(handler, argument, ctx)
+    except HandlerThreadsBusy as exc:
+        return _retry_or_dead(job, _error(job, "HandlerThreadsBusy", str(exc)), policy)
+    ended = await _wait(run, job, ctx, launcher, handler.timeout_s)
+    if ended == TIMEOUT:
+        message = f"the handler ran longer than its timeout of {handler.timeout_s} s"
+        return _retry_or_dead(job, _error(job, TIMEOUT, message), policy)
+    if ended == CANCELLED:
         asyncio.current_task().uncancel()  # type: ignore[union-attr]
         return Finish(job_id=job.id, state=JobState.CANCELLED)
-    except TimeoutError as exc:
-        if deadline.expired():
-            message = f"the handler ran longer than its timeout of {handler.timeout_s} s"
-            return _retry_or_dead(job, _error(job, TIMEOUT, message), policy)
-        return _retry_or_dead(job, _error(job, type(exc).__name__, str(exc)), policy)
+    try:
+        value = run.future.result()
     except Permanent as exc:
-        return _dead(job, "Permanent", _error(job, "Permanent", str(exc)))
-    except Exception as exc:
-        return _retry_or_dead(job, _error(job, type(exc).__name__, str(exc)), policy)
+        return _dead(job, "Permanent", _raised(job, exc))
+    except (Exception, asyncio.CancelledError) as exc:  # the handler's own, not ours
+        return _retry_or_dead(job, _raised(job, exc), policy)
     try:
         result_json = json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         error = _error(job, "ResultNotSerializable", str(exc))
         return _dead(job, "ResultNotSerializable", error)
     return Finish(job_id=job.id, state=JobState.SUCCEEDED, result_json=result_json)
+
+
+async def _wait(
+    run: Run, job: ClaimedJob, ctx: JobContext, launcher: Launcher, timeout_s: float | None
+) -> Ended:
+    """Wait for the handler until its deadline. Neither the deadline nor a cancellation
+    of the attempt waits for the handler to stop: it is abandoned to the launcher. A
+    cancellation propagates unless the job's cancel request caused it."""
+    try:
+        done, _ = await asyncio.wait({run.future}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        ctx.end()
+        launcher.abandon(run, job, why=CANCELLED if ctx.cancel_requested else "stopped")
+        if not ctx.cancel_requested:
+            raise
+        return CANCELLED
+    if done:
+        return "done"
+    ctx.end()
+    launcher.abandon(run, job, why=TIMEOUT)
+    return TIMEOUT

@@ -4,6 +4,10 @@ One process runs one worker, so the metrics live in prometheus-client's default
 registry. Gauges about the queue cover this worker's own shards: summed over the pods
 of a pool they give the pool's figures.
 
+Label values are bounded whatever clients submit: ``type`` only takes the names of this
+worker's registered handlers (``OTHER_TYPE`` for the rest), ``priority`` the four
+lanes, ``reason`` the error types of the handlers' own code and jobpool's.
+
 The endpoint (prometheus-client's WSGI server, in a thread) answers ``/metrics``,
 ``/healthz`` (the process is alive) and ``/readyz`` (the worker holds the shards the
 ring gives it and its last database round trip succeeded).
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -21,13 +25,25 @@ from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, make_server
 
 QUEUE_DEPTH = Gauge(
-    "jobpool_queue_depth", "Queued jobs in this worker's shards", ["pool", "priority"]
+    "jobpool_queue_depth",
+    "Queued jobs in this worker's shards: state=due (run_at passed, waiting for a slot) "
+    "or state=scheduled (delayed, or backing off before a retry)",
+    ["pool", "priority", "state"],
 )
 PROCESSING_SECONDS = Histogram(
-    "jobpool_job_processing_seconds", "Handler run time per attempt", ["pool", "type"]
+    "jobpool_job_processing_seconds",
+    "Handler run time per attempt",
+    ["pool", "type", "priority"],
 )
 FAILURES = Counter(
-    "jobpool_job_failures_total", "Failed attempts, by reason", ["pool", "type", "reason"]
+    "jobpool_job_failures_total",
+    "Failed attempts (retried or not), by the attempt's error type",
+    ["pool", "type", "priority", "reason"],
+)
+FINISHED = Counter(
+    "jobpool_jobs_finished_total",
+    "Jobs that ended for good, by outcome: succeeded, dead or cancelled",
+    ["pool", "type", "priority", "outcome"],
 )
 DLQ_SIZE = Gauge(
     "jobpool_dlq_size",
@@ -38,6 +54,12 @@ DLQ_SIZE = Gauge(
 COMPLETED = Counter("jobpool_jobs_completed_total", "Jobs that succeeded", ["pool", "type"])
 CANCELLATIONS = Counter(
     "jobpool_job_cancellations_total", "Running jobs cancelled on request", ["pool", "type"]
+)
+HANDLERS_LEFT_RUNNING = Gauge(
+    "jobpool_handlers_left_running",
+    "Handlers still running after their attempt ended (timeout, cancel, shutdown) and "
+    "they ignored the cancellation, by kind: async or thread",
+    ["pool", "kind"],
 )
 SUBMIT_TO_START = Histogram(
     "jobpool_submit_to_start_seconds",
@@ -51,6 +73,16 @@ FENCED = Counter(
     "Outcomes rejected because the shard's lease moved on (another owner took it)",
     ["pool"],
 )
+
+
+OTHER_TYPE = "_other"
+"""The ``type`` label of jobs whose type has no handler on this worker. Label values
+come only from registered handlers, so clients cannot add series by inventing types
+(and no job type can start with ``_``)."""
+
+
+def type_label(job_type: str, registered: Container[str]) -> str:
+    return job_type if job_type in registered else OTHER_TYPE
 
 
 @functools.cache

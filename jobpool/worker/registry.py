@@ -115,6 +115,9 @@ class Registry:
         except KeyError:
             raise HandlerMissing(f"no handler for job type {name!r}") from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._handlers
+
     def __iter__(self) -> Iterator[Handler]:
         return iter(self._handlers.values())
 

@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -145,7 +145,12 @@ class Fleet:
         concurrency: int = 8,
         lease_ttl: float = LEASE_TTL,
         drain_timeout: float = 10.0,
+        app: str = APP,
+        extra_args: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
     ) -> WorkerProcess:
+        """Start ordinal ``ordinal`` (a new incarnation) running the handlers ``app``;
+        ``extra_args`` go after the defaults (a repeated option's last value wins)."""
         incarnation = f"inc{ordinal}-{uuid.uuid4().hex[:8]}"
         name = f"worker-{ordinal}#{sum(p.ordinal == ordinal for p in self.procs)}"
         log_path = self.log_dir / f"{name}.log"
@@ -154,14 +159,15 @@ class Fleet:
             "POD_UID": incarnation,
             ATTEMPTS_DSN_ENV: self.dsn,
             "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         # fmt: off
         argv = [
             sys.executable, "-m", "jobpool", "worker",
-            "--pool", POOL, "--app", APP, "--ordinal", str(ordinal), "--dsn", self.dsn,
+            "--pool", POOL, "--app", app, "--ordinal", str(ordinal), "--dsn", self.dsn,
             "--lease-ttl", str(lease_ttl), "--concurrency", str(concurrency),
             "--drain-timeout", str(drain_timeout), "--metrics-port", "0",
-            "--log-level", "debug",
+            "--log-level", "debug", *extra_args,
         ]
         # fmt: on
         with log_path.open("wb") as out:

@@ -24,9 +24,13 @@ What each kind means:
 * ``superseded_accepted``: the accepted finish is not the job's last started attempt
   (a later attempt had started, or started under a newer lease epoch), or a success
   whose result names an attempt that was not recorded or not its last.
-* ``overlap``: two attempts of one job whose executions overlapped in time, neither
-  interrupted by a freeze of its process (a frozen process executes nothing; it is
-  fenced when it resumes, and its late completion is judged by the check above).
+* ``overlap``: two attempts of one job whose executions overlapped in time, by two
+  workers both live and unfenced. Not counted: an attempt interrupted by a freeze of
+  its process (a frozen process executes nothing; its lease lapsed and it is fenced
+  when it resumes), and a pair run by two incarnations of one ordinal (a new
+  incarnation takes its ordinal's shards at once, as a StatefulSet runs one pod per
+  ordinal: the older one is a zombie, fenced by the epoch bump). Either way, the late
+  completion of the fenced attempt is judged by the check above.
 * ``cancel_lost``: a cancel was answered, yet the job ended otherwise than
   ``cancelled`` after an attempt that started after the answer.
 * ``dedupe``: two unfinished jobs with one dedupe key, or a submit that got a new job
@@ -203,6 +207,16 @@ class _View:
             return process.exited_at
         return self.h.observed_at
 
+    def same_ordinal(self, one: Attempt, other: Attempt) -> bool:
+        """Run by two incarnations of one ordinal (a zombie and its successor)."""
+        first, second = self.processes.get(one.incarnation), self.processes.get(other.incarnation)
+        return (
+            first is not None
+            and second is not None
+            and first.incarnation != second.incarnation
+            and first.ordinal == second.ordinal
+        )
+
     def interrupted(self, attempt: Attempt) -> bool:
         """Its process was frozen at some point while it ran."""
         process = self.processes.get(attempt.incarnation)
@@ -318,7 +332,7 @@ def _overlaps(view: _View) -> list[str]:
             found += [
                 f"job {job_id}: {_describe(view, first)} overlaps {_describe(view, other)}"
                 for other in active[i + 1 :]
-                if other.started < first_end
+                if other.started < first_end and not view.same_ordinal(first, other)
             ]
     return found
 

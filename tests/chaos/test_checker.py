@@ -159,6 +159,16 @@ def test_no_overlap_when_the_first_worker_was_frozen() -> None:
     assert kinds(h) == {}
 
 
+def test_no_overlap_between_a_zombie_and_its_successor_of_one_ordinal() -> None:
+    successor = Process(incarnation="a2", ordinal=0)
+    h = history(
+        processes=(A, successor, B),
+        attempts=(run(1, "a", 1, 5, outcome="ok"), run(2, "a2", 3, 4)),
+        jobs=(ok_job(attempts=2, by="a2"),),
+    )
+    assert kinds(h) == {}
+
+
 def test_cancel_that_did_not_stick() -> None:
     cancel = Cancel(job_id=ID, answer="cancel_requested", answered_at=T0 + 3)
     h = history(

@@ -472,12 +472,22 @@ async def test_metrics_count_completions_and_failures(dsn: str, client: Client, 
                 "jobpool_job_failures_total",
                 **labels,
                 type="metrics.flaky",
+                priority="normal",
                 reason="ConnectionError",
             ),
             "dead": sample(
-                "jobpool_job_failures_total", **labels, type="metrics.dead", reason="Permanent"
+                "jobpool_job_failures_total",
+                **labels,
+                type="metrics.dead",
+                priority="normal",
+                reason="Permanent",
             ),
-            "timed": sample("jobpool_job_processing_seconds_count", **labels, type="metrics.ok"),
+            "timed": sample(
+                "jobpool_job_processing_seconds_count",
+                **labels,
+                type="metrics.ok",
+                priority="normal",
+            ),
         }
 
     before = snapshot()
