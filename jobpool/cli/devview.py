@@ -27,11 +27,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from jobpool.models import JobState, Pool, Priority
+from jobpool.models import JobState, Pool, Priority, ShardId
+from jobpool.store.overview import ShardHolder
 from jobpool.store.workers import WorkerRow
 
 STATUS_EVERY_S = 5.0
 """Without a terminal, an unchanged status line is still printed this often."""
+
+
+RECENT_S = 60.0
+"""Jobs that ended this recently make the throughput and the recent outcomes shown."""
 
 
 @dataclass
@@ -41,7 +46,44 @@ class Snapshot:
     pool: Pool
     rows: dict[int, WorkerRow] = field(default_factory=dict)
     counts: dict[JobState, dict[Priority, int]] = field(default_factory=dict)
+    holders: dict[ShardId, ShardHolder] = field(default_factory=dict)
+    recent: dict[JobState, int] = field(default_factory=dict)  # ended in the last RECENT_S
+    dlq: int = 0  # pending dead-letter entries
     error: str | None = None
+
+    def total(self, state: JobState) -> int:
+        """Jobs in ``state`` now (queued, running) or ended in it lately (the others)."""
+        if state in self.counts:
+            return sum(self.counts[state].values())
+        return self.recent.get(state, 0)
+
+    @property
+    def per_minute(self) -> float:
+        """Jobs that ended (any outcome) per minute, over the last ``RECENT_S``."""
+        return sum(self.recent.values()) * 60.0 / RECENT_S
+
+    def ownerless(self) -> tuple[list[int], list[int]]:
+        """Shards without a live owner: (expired leases, free shards)."""
+        expired = [s for s, h in sorted(self.holders.items()) if not h.live]
+        free = [s for s in range(self.pool.shards) if s not in self.holders]
+        return expired, free
+
+    def shard_map(self) -> str:
+        """Who holds each shard, in runs: ``0-20:w0 21-41:w1 42:expired(w2) 43-63:free``."""
+        runs: list[tuple[int, int, str]] = []
+        for shard in range(self.pool.shards):
+            holder = self.holders.get(ShardId(shard))
+            if holder is None or holder.ordinal is None:
+                label = "free"
+            else:
+                label = f"w{holder.ordinal}" if holder.live else f"expired(w{holder.ordinal})"
+            if runs and runs[-1][2] == label and runs[-1][1] == shard - 1:
+                runs[-1] = (runs[-1][0], shard, label)
+            else:
+                runs.append((shard, shard, label))
+        return " ".join(
+            f"{first}{'' if first == last else f'-{last}'}:{label}" for first, last, label in runs
+        )
 
 
 @dataclass(frozen=True)
@@ -162,12 +204,14 @@ def _print(line: str) -> None:
 def status_line(frame: Frame) -> str:
     """The whole state on one line: ``status pool=… ring=… | w0 pid=… up … | w1 …``."""
     snapshot, views = frame.snapshot, frame.workers
-    queued = sum(snapshot.counts.get(JobState.QUEUED, {}).values())
-    running = sum(snapshot.counts.get(JobState.RUNNING, {}).values())
+    expired, free = snapshot.ownerless()
     parts = [
         f"status pool={snapshot.pool.name} ring={snapshot.pool.replicas} workers={frame.alive}"
-        f" up={sum(v.state == 'up' for v in views)} queued={queued} running={running}"
+        f" up={sum(v.state == 'up' for v in views)}"
+        f" queued={snapshot.total(JobState.QUEUED)} running={snapshot.total(JobState.RUNNING)}"
         f" done={sum(v.done for v in views)} failed={sum(v.failed for v in views)}"
+        f" dlq={snapshot.dlq} per_min={snapshot.per_minute:.0f}"
+        f" expired_shards={len(expired)} free_shards={len(free)}"
     ]
     if snapshot.error:
         parts[0] += " db=unavailable"
@@ -199,8 +243,16 @@ def render(frame: Frame) -> RenderableType:
     if frame.snapshot.error:
         parts.append(Text(f"database unavailable: {frame.snapshot.error}", style="bold red"))
     parts.append(
-        Columns([_workers_table(frame.workers), _queue_table(frame.snapshot)], padding=(0, 4))
+        Columns(
+            [
+                _workers_table(frame.workers),
+                _queue_table(frame.snapshot),
+                _totals_table(frame.snapshot),
+            ],
+            padding=(0, 4),
+        )
     )
+    parts.extend(_shard_lines(frame.snapshot))
     if not frame.stopping:
         hint = "Ctrl-C stops"
     elif any(v.pid is not None for v in frame.workers):  # a process of ours is still there
@@ -217,7 +269,9 @@ def _workers_table(views: list[WorkerView]) -> Table:
         table.add_column(name, justify="left" if name == "state" else "right")
     table.add_column("heartbeat", justify="right")
     for i, v in enumerate(views):
-        style = {"up": "green", "starting": "yellow", "stopping": "yellow"}.get(v.state, "red")
+        style = {
+            "up": "green", "starting": "yellow", "stopping": "yellow", "external": "cyan",
+        }.get(v.state, "red")  # fmt: skip
         table.add_row(
             str(v.ordinal),
             str(v.pid or "—"),
@@ -259,6 +313,42 @@ def _queue_table(snapshot: Snapshot) -> Table:
         )
     table.add_row("total", str(sum(queued.values())), str(sum(running.values())), style="bold")
     return table
+
+
+def _totals_table(snapshot: Snapshot) -> Table:
+    """Jobs per state (now, or ended in the last minute), throughput and the DLQ."""
+    table = Table(title="totals", title_justify="left", title_style="bold")
+    table.add_column("jobs")
+    table.add_column("", justify="right")
+    for state in (JobState.QUEUED, JobState.RUNNING):
+        table.add_row(state.value, str(snapshot.total(state)))
+    for state in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED):
+        table.add_row(f"{state.value} (last {RECENT_S:.0f}s)", str(snapshot.total(state)))
+    table.add_row("ended per minute", f"{snapshot.per_minute:.0f}")
+    table.add_row("dead-letter queue", str(snapshot.dlq), style="bold" if snapshot.dlq else "")
+    return table
+
+
+def _shard_lines(snapshot: Snapshot) -> list[RenderableType]:
+    """Who holds each shard; the shards without a live owner, in red."""
+    lines: list[RenderableType] = [Text(f"shards  {snapshot.shard_map()}", style="dim")]
+    expired, free = snapshot.ownerless()
+    if expired or free:
+        lines.append(
+            Text(
+                f"without a live owner: {len(expired)} with an expired lease {_list(expired)}, "
+                f"{len(free)} free {_list(free)}",
+                style="bold red",
+            )
+        )
+    return lines
+
+
+def _list(shards: list[int], shown: int = 12) -> str:
+    if not shards:
+        return ""
+    more = f", … {len(shards) - shown} more" if len(shards) > shown else ""
+    return "(" + ", ".join(map(str, shards[:shown])) + more + ")"
 
 
 def _num(value: int, row: WorkerRow | None) -> str:

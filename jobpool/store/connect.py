@@ -20,10 +20,12 @@ from jobpool.errors import DatabaseUnavailable, InvalidDsn
 
 UNREACHABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 MALFORMED = (ValueError, OverflowError, asyncpg.ClientConfigurationError)
+_WHERE_PARAMS = ("host", "port")
 
 
 def dsn_label(dsn: str) -> str:
-    """``scheme://user@host/database`` — the DSN without password or parameters."""
+    """``scheme://user@host/database`` — the DSN without password or parameters, but
+    ``host`` and ``port`` (``?host=/run/pg``): they say where."""
     try:
         parts = urlsplit(dsn)
         host = parts.netloc.rpartition("@")[2]
@@ -33,7 +35,9 @@ def dsn_label(dsn: str) -> str:
     if not parts.scheme:
         return "<unparsable DSN>"
     who = f"{user}@" if user else ""
-    return f"{parts.scheme}://{who}{host}{parts.path}"
+    # A socket directory (?host=/run/pg) or a port given as a parameter says where.
+    where = "&".join(f"{k}={v}" for k, v in parse_qsl(parts.query) if k in _WHERE_PARAMS)
+    return f"{parts.scheme}://{who}{host}{parts.path}{'?' + where if where else ''}"
 
 
 def dsn_secrets(dsn: str) -> set[str]:

@@ -438,3 +438,16 @@ SELECT reltuples < 0 FROM pg_class WHERE oid = 'jobs'::regclass;
 
 -- name: jobs_analyze
 ANALYZE jobs;
+
+-- name: lease_list
+-- Who holds each held shard of the pool, and whether the lease is still alive: what
+-- `jobpool dev` shows. A shard without a row, or with no owner, is free.
+SELECT shard, ordinal, expires_at > now() AS live
+FROM shard_leases WHERE pool = $1 AND owner IS NOT NULL ORDER BY shard;
+
+-- name: job_history_recent_counts
+-- Jobs of the pool that ended in the last $2 seconds, by final state (a range of
+-- job_history_finished_idx).
+SELECT state, count(*) AS jobs FROM job_history
+WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
+GROUP BY state;

@@ -31,6 +31,7 @@ import pytest
 
 from jobpool import Client
 from jobpool.cli.common import CliError, ExitCode, Target, require_dsn
+from jobpool.errors import JobpoolError
 from jobpool.models import JobState
 from jobpool.store.embedded import (
     PGDATA,
@@ -48,7 +49,7 @@ WAIT_S = 45.0
 STATUS = re.compile(
     r"^status pool=(?P<pool>\S+) ring=(?P<ring>\d+) workers=(?P<workers>\d+) up=(?P<up>\d+)"
 )
-WORKER = re.compile(r"\| w(?P<ordinal>\d+) pid=(?P<pid>\d+) (?P<state>\S+)")
+WORKER = re.compile(r"\| w(?P<ordinal>\d+) pid=(?P<pid>\d+|-) (?P<state>\S+)")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def parse_status(line: str) -> Status | None:
         ring=int(match["ring"]),
         workers=int(match["workers"]),
         up=int(match["up"]),
-        pids={int(m["ordinal"]): int(m["pid"]) for m in found},
+        pids={int(m["ordinal"]): int(m["pid"]) for m in found if m["pid"] != "-"},
         states={int(m["ordinal"]): m["state"] for m in found},
     )
 
@@ -383,3 +384,59 @@ def test_require_dsn_uses_only_a_live_dev(
     write_state(DevState(dev_dsn, "devpool", finished.pid, True, str(tmp_path), 0.0))
     with pytest.raises(CliError):
         require_dsn(None)
+
+
+async def test_dev_shows_totals_shards_dlq_and_workers_it_did_not_start(
+    dsn: str, tmp_path: Path
+) -> None:
+    env = clean_env(tmp_path)
+    args = ["--replicas", "1", "--dsn", dsn, "--pool", "devview", "--data-dir", str(tmp_path / "d")]
+    async with running_dev(*args, env=env) as dev:
+        await dev.wait_for_status(lambda s: s.up == 1, "1 worker up")
+        # The banner's ring example grows the ring by one: dev then starts a worker.
+        assert "jobpool ring --pool devview --replicas 2" in dev.output
+        await dev.wait_for_line(
+            lambda line: "expired_shards=0 free_shards=0" in line, "every shard with a live owner"
+        )
+
+        async with Client(dsn, pool="devview", tenant="acme") as jp:
+            done = await jp.submit("send_email", {"to": "ada@example.com"})
+            dead = await jp.submit("reject", {"n": 1})
+            await jp.result(done.id, timeout=WAIT_S)
+            with contextlib.suppress(JobpoolError):
+                await jp.result(dead.id, timeout=WAIT_S)
+        await dev.wait_for_line(lambda line: " dlq=1 per_min=2 " in line, "the DLQ and throughput")
+
+        # A worker from another terminal, beyond the ring: shown as external, not "gone".
+        outsider = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jobpool", "worker", "--pool", "devview", "--ordinal", "3",
+            "--app", APP, "--metrics-port", "0",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**env, "JOBPOOL_DSN": dsn},
+            cwd=REPO,
+        )  # fmt: skip
+        try:
+            status = await dev.wait_for_status(
+                lambda s: s.states.get(3) == "external", "worker 3 shown as external"
+            )
+            assert status.up == 1
+            assert "w3 pid=- external" in status.line
+        finally:
+            outsider.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(outsider.wait(), WAIT_S)
+        assert await dev.stop(signal.SIGINT) == 0, dev.tail()
+
+
+async def test_dev_says_when_jobpool_dsn_overrides_the_embedded_database(tmp_path: Path) -> None:
+    socket_dir = tmp_path / "no-server-here"
+    env = clean_env(tmp_path, JOBPOOL_DSN=f"postgresql://postgres:pw@/jobpool?host={socket_dir}")
+    code, out, err = await cli("dev", "--app", APP, "--data-dir", str(tmp_path / "d"), env=env)
+    assert code == ExitCode.UNAVAILABLE
+    assert out == ""
+    assert err.splitlines() == [
+        f"error: cannot connect to the database (postgresql://postgres@/jobpool?host={socket_dir})"
+        ": [Errno 2] No such file or directory (JOBPOOL_DSN is set in your environment and "
+        "overrides the embedded database: unset it to use the embedded one)"
+    ]
