@@ -278,6 +278,8 @@ class ClaimedJob(_Frozen):
     created_at: datetime
     run_at: datetime
     epoch: int
+    cancel_requested: bool = False
+    """Cancelled while an earlier attempt ran: the worker ends it without running it."""
 
 
 class Finish(_Frozen):

@@ -15,11 +15,19 @@ ordinal owns a shard. They are tested against fixed vectors (tests/unit/test_sha
     buckets. Growing the ring from R to R+1 moves about 1/(R+1) of the shards, all of
     them to the new ordinal R; shrinking moves only the shards of the removed ordinal.
     This is exactly how a StatefulSet adds and removes ordinals.
+
+``adopter_of(shard, live)``
+    Which live ordinal adopts an orphaned shard (one whose ring owner is missing):
+    rendezvous hashing — the ordinal with the highest SHA-256 of ``"<shard>/<ordinal>"``.
+    The orphans of one missing ordinal spread evenly over the survivors (jump hash over
+    the live set would give them all to one neighbour), and a change of the live set
+    moves only the shards of the ordinal that came or went.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 _U64_MASK = 0xFFFFFFFFFFFFFFFF
 _JUMP_MULTIPLIER = 2862933555777941757
@@ -49,3 +57,12 @@ def ordinal_for(shard: int, replicas: int) -> int:
 def shards_of(ordinal: int, *, shards: int, replicas: int) -> list[int]:
     """All shards that ``ordinal`` owns in a ring of ``replicas``."""
     return [s for s in range(shards) if ordinal_for(s, replicas) == ordinal]
+
+
+def adopter_of(shard: int, live: Iterable[int]) -> int | None:
+    """The ordinal of ``live`` that adopts orphaned ``shard`` (None if none is live)."""
+    return max(live, key=lambda ordinal: _weight(shard, ordinal), default=None)
+
+
+def _weight(shard: int, ordinal: int) -> bytes:
+    return hashlib.sha256(f"{shard}/{ordinal}".encode()).digest()

@@ -5,7 +5,8 @@ Two channels per pool, each notified at most once per transaction with a tiny pa
 
 - the *worker* channel wakes the pool's workers: payload is a shard number, ``*`` (a
   batch spanning shards), ``ring`` (the ring changed), ``released`` (a worker let
-  shards go) or ``cancel:<job id>``;
+  shards go) or ``cancel`` (a cancel was requested: each worker reads which of its
+  own attempts it concerns from their rows — a payload is a hint, never a command);
 - the *events* channel tells clients waiting in ``result()``/``progress()`` that a
   job changed: payload is the job id, or ``*`` for a batch of changes.
 
@@ -20,7 +21,8 @@ from collections.abc import Iterable
 ALL = "*"
 RING = "ring"
 RELEASED = "released"
-CANCEL_PREFIX = "cancel:"
+CANCEL = "cancel"
+CANCEL_PREFIX = "cancel:"  # older clients' form, ``cancel:<job id>``: read as ``cancel``
 
 
 def worker_channel(pool: str) -> str:

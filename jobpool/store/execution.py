@@ -47,6 +47,7 @@ def _claimed(row: Record) -> ClaimedJob:
         created_at=row["created_at"],
         run_at=row["run_at"],
         epoch=row["lease_epoch"],
+        cancel_requested=row["cancel_requested"],
     )
 
 
@@ -176,12 +177,26 @@ async def job_release_many(
     return [JobId(row["id"]) for row in rows]
 
 
-async def job_next_due(conn: Connection, pool: str, *, shards: Sequence[int]) -> datetime | None:
-    """When the earliest delayed job of ``shards`` becomes due, or None if there is none."""
-    if not shards:
+async def job_next_due(
+    conn: Connection, pool: str, *, shards: Sequence[int], lanes: Iterable[Priority]
+) -> datetime | None:
+    """The earliest ``run_at`` of the queued jobs of ``shards`` in ``lanes`` (possibly
+    already past: a job may fall due between a claim and this look-up), or None."""
+    ranks = [lane.rank for lane in lanes]
+    if not shards or not ranks:
         return None
-    value: datetime | None = await conn.fetchval(QUERIES["job_next_due"], pool, list(shards))
+    value: datetime | None = await conn.fetchval(QUERIES["job_next_due"], pool, list(shards), ranks)
     return value
+
+
+async def job_cancels_requested(
+    conn: Connection, pool: str, *, owner: str, job_ids: Sequence[JobId]
+) -> list[JobId]:
+    """Which of the owner's attempts ``job_ids`` were asked to cancel (the row decides)."""
+    if not job_ids:
+        return []
+    rows = await conn.fetch(QUERIES["job_cancels_requested"], pool, owner, list(job_ids))
+    return [JobId(row["id"]) for row in rows]
 
 
 async def job_queue_depth(

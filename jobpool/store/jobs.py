@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import asyncpg
 from asyncpg import Connection, Record
 
-from jobpool.errors import JobAlreadyFinished, JobNotFound
+from jobpool.errors import AccessDenied, InvalidInput, JobAlreadyFinished, JobNotFound
 from jobpool.models import (
     CancelOutcome,
     Job,
@@ -121,9 +122,7 @@ async def job_insert_many(
         # each other's unique-index entries in the same order and cannot deadlock.
         batch = sorted((jobs[i] for i in pending), key=_dedupe_order)
         args = _insert_args(pool, tenant, batch)
-        inserted = {
-            row["id"]: row for row in await conn.fetch(QUERIES["job_insert_many"], *args, *wake)
-        }
+        inserted = {row["id"]: row for row in await _insert(conn, tenant, args, wake)}
         for i in pending:
             if (row := inserted.get(jobs[i].id)) is not None:
                 results[i] = _new_job(pool, tenant, jobs[i], row)
@@ -132,6 +131,21 @@ async def job_insert_many(
         if not pending:
             return [results[i] for i in range(len(jobs))]
     raise RuntimeError(f"dedupe keys kept changing hands over {_DEDUPE_ROUNDS} rounds")
+
+
+async def _insert(
+    conn: Connection, tenant: str, args: list[object], wake: tuple[str, str]
+) -> list[Record]:
+    """Run ``job_insert_many``; the database's refusals become typed errors."""
+    try:
+        return await conn.fetch(QUERIES["job_insert_many"], *args, *wake)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise AccessDenied(
+            f"the database role may not submit jobs for tenant {tenant!r} ({exc}): "
+            "map it to the tenant with `jobpool grant ROLE client --tenant …`"
+        ) from None
+    except asyncpg.CheckViolationError as exc:
+        raise InvalidInput(f"the database refused the job ({exc.constraint_name})") from None
 
 
 async def _resolve_duplicates(
@@ -175,6 +189,6 @@ async def job_cancel(conn: Connection, pool: str, tenant: str, job_id: JobId) ->
     if row["state"] == JobState.QUEUED:
         await conn.execute(QUERIES["job_notify"], channels.events_channel(pool), str(job_id))
         return CancelOutcome.CANCELLED
-    signal = f"{channels.CANCEL_PREFIX}{job_id}"
-    await conn.execute(QUERIES["job_notify"], channels.worker_channel(pool), signal)
+    # A hint without the job: each worker reads its own attempts' rows to act on it.
+    await conn.execute(QUERIES["job_notify"], channels.worker_channel(pool), channels.CANCEL)
     return CancelOutcome.CANCEL_REQUESTED

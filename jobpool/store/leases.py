@@ -10,12 +10,37 @@ shard belong to a previous owner and are requeued in the same transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
 
 from asyncpg import Connection
 
 from jobpool.models import ShardId
 from jobpool.store import channels
 from jobpool.store.queries import QUERIES
+
+LEASE_HISTORY_KEPT_S = 7 * 24 * 3600.0
+"""How long a shard's lease history is kept (its takes prune what is older)."""
+
+
+class Orphans(NamedTuple):
+    """Shards free or expired past the grace period, and the pool's live ordinals."""
+
+    shards: list[ShardId]
+    live: list[int]
+
+
+class LeaseRecord(NamedTuple):
+    """One holding of a shard lease, from ``lease_history``."""
+
+    shard: ShardId
+    epoch: int
+    owner: str
+    ordinal: int
+    taken_at: datetime
+    taken_because: str
+    ended_at: datetime | None
+    ended_because: str | None
 
 
 async def lease_take(
@@ -27,17 +52,27 @@ async def lease_take(
     shards: Sequence[int],
     ttl_s: float,
     supersede: bool = False,
+    adopt: bool = False,
 ) -> dict[ShardId, int]:
     """Take what can be taken of ``shards``; returns ``{shard: epoch}`` of those taken.
 
     ``supersede`` (a worker's first take after it starts) also takes the live leases
-    of an earlier incarnation of the same ordinal.
+    of an earlier incarnation of the same ordinal. ``adopt`` records the take as an
+    adoption of orphans (shards of an ordinal that is missing) in the lease history.
     """
     if not shards:  # the steady state of every heartbeat: no round trips for nothing
         return {}
     async with conn.transaction():
         rows = await conn.fetch(
-            QUERIES["lease_take"], pool, owner, ordinal, list(shards), ttl_s, supersede
+            QUERIES["lease_take"],
+            pool,
+            owner,
+            ordinal,
+            list(shards),
+            ttl_s,
+            supersede,
+            adopt,
+            LEASE_HISTORY_KEPT_S,
         )
         taken = {ShardId(row["shard"]): row["epoch"] for row in rows}
         if taken:
@@ -72,3 +107,18 @@ async def lease_release(
     wake = (channels.worker_channel(pool), channels.RELEASED)
     rows = await conn.fetch(QUERIES["lease_release"], pool, owner, list(shards), *wake)
     return [ShardId(row["shard"]) for row in rows]
+
+
+async def lease_orphans(conn: Connection, pool: str, *, grace_s: float, live_s: float) -> Orphans:
+    """Shards free or expired for ``grace_s`` or more, and the ordinals that heartbeated
+    within ``live_s``: whether and by whom orphans are adopted is the caller's choice."""
+    row = await conn.fetchrow(QUERIES["lease_orphans"], pool, grace_s, live_s)
+    return Orphans([ShardId(s) for s in row["orphans"]], list(row["live"]))
+
+
+async def lease_history_list(
+    conn: Connection, pool: str, shards: Sequence[int]
+) -> list[LeaseRecord]:
+    """Every kept holding of ``shards``, oldest first: who held them, when, and why."""
+    rows = await conn.fetch(QUERIES["lease_history_list"], pool, list(shards))
+    return [LeaseRecord(ShardId(row["shard"]), *list(row.values())[1:]) for row in rows]

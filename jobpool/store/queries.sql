@@ -7,9 +7,17 @@
 SELECT name, shards, replicas, ring_version FROM pools WHERE name = $1;
 
 -- name: pool_create
-INSERT INTO pools (name, shards, replicas) VALUES ($1, $2, $3)
-ON CONFLICT (name) DO NOTHING
-RETURNING name, shards, replicas, ring_version;
+-- A new pool gets a free lease row per shard: a shard nobody takes is then visible (and
+-- adoptable) like one whose owner died.
+WITH created AS (
+    INSERT INTO pools (name, shards, replicas) VALUES ($1, $2, $3)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING name, shards, replicas, ring_version
+), leases AS (
+    INSERT INTO shard_leases (pool, shard)
+    SELECT c.name, s FROM created c CROSS JOIN LATERAL generate_series(0, c.shards - 1) AS s
+)
+SELECT name, shards, replicas, ring_version FROM created;
 
 -- name: pool_set_replicas
 UPDATE pools
@@ -66,35 +74,12 @@ SELECT id, pool, tenant, type, priority, shard, state, attempts, max_attempts,
 FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3;
 
 -- name: job_cancel
--- Cancels a queued job at once (moved to history as cancelled) or flags a running one
+-- Requests the cancel of an unfinished job: a queued one ends at once (the trigger
+-- jobs_cancel_queued moves it to job_history as cancelled), a running one stays flagged
 -- for its worker. Returns the state the job had, or no row if it is not unfinished.
-WITH target AS (
-    SELECT id, state FROM jobs
-    WHERE id = $1 AND pool = $2 AND tenant = $3
-    FOR UPDATE
-), removed AS (
-    DELETE FROM jobs j USING target t
-    WHERE j.id = t.id AND t.state = 'queued'
-    RETURNING j.*
-), archived AS (
-    INSERT INTO job_history (
-        id, pool, tenant, shard, type, priority, state, payload, routing_key, dedupe_key,
-        attempts, max_attempts, error_history, request_id, user_id, replay_of, created_at,
-        run_at, started_at
-    )
-    SELECT id, pool, tenant, shard, type, priority, 'cancelled', payload, routing_key,
-           dedupe_key, attempts, max_attempts, error_history, request_id, user_id, replay_of,
-           created_at, run_at, started_at
-    FROM removed
-    RETURNING id
-), flagged AS (
-    UPDATE jobs j SET cancel_requested_at = coalesce(j.cancel_requested_at, now())
-    FROM target t
-    WHERE j.id = t.id AND t.state = 'running'
-    RETURNING j.id
-)
-SELECT t.state, (SELECT count(*) FROM archived) + (SELECT count(*) FROM flagged) AS changed
-FROM target t;
+UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
+WHERE id = $1 AND pool = $2 AND tenant = $3
+RETURNING state;
 
 -- name: job_history_exists
 SELECT state FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3;
@@ -143,16 +128,46 @@ SELECT count(*) FROM job_dlq WHERE pool = $1 AND replayed_at IS NULL;
 -- held by an earlier incarnation of the same ordinal: a starting pod replaces its
 -- previous incarnation at once (a StatefulSet runs one pod per ordinal, and the epoch
 -- bump fences any zombie). Only a worker's first take supersedes, so a resumed zombie
--- cannot take its shards back from its replacement. Every take bumps the epoch.
+-- cannot take its shards back from its replacement. Every take bumps the epoch and is
+-- written to lease_history (why: $7 `adopted`, else what the lease was); the holding it
+-- ends is closed there, and the shard's history older than $8 seconds is pruned.
 -- Returns the shards taken with their new epoch.
-INSERT INTO shard_leases AS l (pool, shard, owner, ordinal, epoch, expires_at)
-SELECT $1, s, $2, $3, 1, now() + make_interval(secs => $5)
-FROM unnest($4::int[]) AS s
-ON CONFLICT (pool, shard) DO UPDATE
-SET owner = excluded.owner, ordinal = excluded.ordinal, epoch = l.epoch + 1,
-    expires_at = excluded.expires_at
-WHERE l.owner IS NULL OR l.expires_at <= now() OR ($6 AND l.ordinal = excluded.ordinal)
-RETURNING shard, epoch;
+-- `previous` reads the leases as the statement's snapshot saw them (a FOR UPDATE there
+-- would skip the rows the upsert changes): it only names why; epochs come from the take.
+WITH previous AS (
+    SELECT shard, owner, expires_at FROM shard_leases
+    WHERE pool = $1 AND shard = ANY($4::int[])
+), taken AS (
+    INSERT INTO shard_leases AS l (pool, shard, owner, ordinal, epoch, expires_at)
+    SELECT $1, s, $2, $3, 1, now() + make_interval(secs => $5)
+    FROM unnest($4::int[]) AS s
+    ON CONFLICT (pool, shard) DO UPDATE
+    SET owner = excluded.owner, ordinal = excluded.ordinal, epoch = l.epoch + 1,
+        expires_at = excluded.expires_at
+    WHERE l.owner IS NULL OR l.expires_at <= now() OR ($6 AND l.ordinal = excluded.ordinal)
+    RETURNING shard, epoch
+), why AS (
+    SELECT t.shard, t.epoch, t.epoch - 1 AS previous_epoch,
+           CASE WHEN p.owner IS NULL THEN 'free'
+                WHEN p.expires_at <= now() THEN 'expired'
+                ELSE 'superseded' END AS because
+    FROM taken t LEFT JOIN previous p USING (shard)
+), closed AS (
+    UPDATE lease_history h
+    SET ended_at = now(), ended_because = w.because
+    FROM why w
+    WHERE h.pool = $1 AND h.shard = w.shard AND h.epoch = w.previous_epoch
+      AND h.ended_at IS NULL AND w.because <> 'free'
+), recorded AS (
+    INSERT INTO lease_history (pool, shard, epoch, owner, ordinal, taken_because)
+    SELECT $1, shard, epoch, $2, $3, CASE WHEN $7 THEN 'adopted' ELSE because END
+    FROM why
+), pruned AS (
+    DELETE FROM lease_history
+    WHERE pool = $1 AND shard IN (SELECT shard FROM taken)
+      AND taken_at < now() - make_interval(secs => $8)
+)
+SELECT shard, epoch FROM taken;
 
 -- name: lease_holders
 SELECT shard, owner, ordinal FROM shard_leases
@@ -165,12 +180,39 @@ RETURNING shard, epoch;
 
 -- name: lease_release
 -- Released shards wake the pool's workers, so their next owner takes them at once.
+-- `expires_at` becomes the release time: how long a shard has been free is what lets
+-- live ordinals adopt it when its ring owner never comes to take it.
 WITH released AS (
-    UPDATE shard_leases SET owner = NULL, ordinal = NULL, expires_at = '-infinity'
+    UPDATE shard_leases SET owner = NULL, ordinal = NULL, expires_at = now()
     WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[])
-    RETURNING shard
+    RETURNING shard, epoch
+), closed AS (
+    UPDATE lease_history h SET ended_at = now(), ended_because = 'released'
+    FROM released r
+    WHERE h.pool = $1 AND h.shard = r.shard AND h.epoch = r.epoch AND h.ended_at IS NULL
 )
 SELECT shard, (SELECT 1 FROM pg_notify($4, $5)) AS woken FROM released;
+
+-- name: lease_orphans
+-- Shards free or expired for at least $2 seconds (their ring owner did not take them
+-- in that grace period) and the pool's live ordinals (a heartbeat within $3 seconds):
+-- what a worker needs to decide which orphans it adopts.
+SELECT ARRAY(
+           SELECT shard FROM shard_leases
+           WHERE pool = $1 AND expires_at <= now() - make_interval(secs => $2)
+           ORDER BY shard
+       ) AS orphans,
+       ARRAY(
+           SELECT ordinal FROM workers
+           WHERE pool = $1 AND heartbeat_at > now() - make_interval(secs => $3)
+           ORDER BY ordinal
+       ) AS live;
+
+-- name: lease_history_list
+SELECT shard, epoch, owner, ordinal, taken_at, taken_because, ended_at, ended_because
+FROM lease_history
+WHERE pool = $1 AND shard = ANY($2::int[])
+ORDER BY shard, epoch;
 
 -- name: job_requeue_orphans
 -- After a take-over: attempts still `running` in the taken shards belong to a previous
@@ -197,7 +239,9 @@ RETURNING id;
 -- tenant's flood cannot delay another tenant's jobs by more than a round, and a claim
 -- reads a bounded number of index entries whatever the backlog and the tenant count.
 -- The UPDATE re-checks `state` on the latest row version (a job cancelled meanwhile is
--- skipped); the lease join fences the claim with the current epoch.
+-- skipped); the lease join fences the claim with the current epoch. A job whose cancel
+-- was requested while it ran (then retried or requeued) comes back flagged and is not
+-- counted as an attempt: the worker ends it cancelled without running it.
 WITH RECURSIVE owned AS (
     SELECT shard, epoch FROM shard_leases
     WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[]) AND expires_at > now()
@@ -260,13 +304,15 @@ WITH RECURSIVE owned AS (
 -- `state = 'queued'` matches it: the UPDATE finds its rows by primary key, whatever the
 -- planner believes about the backlog (even before the table's first ANALYZE).
 UPDATE jobs j
-SET state = 'running', attempts = j.attempts + 1, started_at = now(), worker = $2,
+SET state = 'running', attempts = j.attempts + (j.cancel_requested_at IS NULL)::int,
+    started_at = now(), worker = $2,
     lease_epoch = (SELECT w.epoch FROM owned w WHERE w.shard = j.shard)
 WHERE j.id = ANY (ARRAY(SELECT id FROM ranked WHERE rank <= wanted))
   AND j.state <> 'running'
 RETURNING j.id, j.tenant, j.shard, j.type, j.priority, j.payload::text, j.attempts,
           j.max_attempts, j.duration, j.request_id, j.user_id, j.traceparent,
-          j.created_at, j.run_at, j.lease_epoch;
+          j.created_at, j.run_at, j.lease_epoch,
+          j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: job_retry_many
 -- Failed attempts with attempts left go back to the queue at their backoff time.
@@ -350,6 +396,46 @@ SELECT name, checksum FROM jobpool_migrations;
 -- name: migration_record
 INSERT INTO jobpool_migrations (name, checksum) VALUES ($1, $2);
 
+-- name: migration_owner_ready
+-- True once jobpool_owner owns the schema (migration 0003 on): files then run as it.
+SELECT pg_get_userbyid(relowner) = 'jobpool_owner'
+FROM pg_class WHERE oid = to_regclass('jobpool_migrations');
+
+-- name: migration_set_owner_role
+SET LOCAL ROLE jobpool_owner;
+
+-- name: role_current
+SELECT current_user::text;
+
+-- name: role_missing
+SELECT ARRAY(
+    SELECT wanted FROM unnest($1::text[]) AS wanted
+    WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted)
+    ORDER BY wanted
+);
+
+-- name: role_may_create
+SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user;
+
+-- name: role_is_owner
+SELECT rolsuper OR pg_has_role(current_user, 'jobpool_owner', 'MEMBER')
+FROM pg_roles WHERE rolname = current_user;
+
+-- name: role_create
+-- Role statements take no parameters: format() quotes the names into the statement.
+SELECT format('CREATE ROLE %I NOLOGIN', $1::text);
+
+-- name: role_grant
+SELECT format('GRANT %I TO %I', $1::text, $2::text);
+
+-- name: role_exists
+SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1);
+
+-- name: tenant_role_map
+-- Lets `role` act for `tenant` ('*': any tenant, the trusted-application mode).
+INSERT INTO jobpool_tenant_roles (tenant, role) SELECT unnest($2::text[]), $1
+ON CONFLICT DO NOTHING;
+
 -- name: job_release_many
 -- Prefetched attempts that never started (worker shutting down or shard moving away)
 -- go back to the queue untouched: the attempt did not happen, so it is not counted.
@@ -362,15 +448,25 @@ WHERE j.id = ANY($3::uuid[]) AND j.pool = $1 AND j.state = 'running' AND j.worke
 RETURNING j.id;
 
 -- name: job_next_due
--- When the earliest delayed job of the caller's shards becomes due (the claim timer).
+-- The claim timer: the earliest run_at among the queued jobs of the caller's shards in
+-- the lanes $3 whose claim came back empty — one probe of jobs_due_idx per shard and
+-- lane. No `run_at > now()`: a job that fell due between the claim and this look-up
+-- must come back (as a time already past), not be skipped.
 SELECT min(next.run_at)
 FROM unnest($2::int[]) AS s (shard)
+CROSS JOIN unnest($3::smallint[]) AS l (priority)
 CROSS JOIN LATERAL (
     SELECT run_at FROM jobs
-    WHERE pool = $1 AND shard = s.shard AND state = 'queued' AND run_at > now()
+    WHERE pool = $1 AND shard = s.shard AND priority = l.priority AND state = 'queued'
     ORDER BY run_at
     LIMIT 1
 ) AS next;
+
+-- name: job_cancels_requested
+-- Which of the caller's attempts have a cancel request: the row decides, never a NOTIFY.
+SELECT id FROM jobs
+WHERE pool = $1 AND id = ANY($3::uuid[]) AND worker = $2 AND state = 'running'
+  AND cancel_requested_at IS NOT NULL;
 
 -- name: job_queue_depth
 -- Queued jobs of the caller's shards by priority, due (run_at passed) or not yet.
@@ -405,13 +501,15 @@ GROUP BY priority, state;
 
 -- name: pool_oldest_queued_seconds
 -- Seconds the oldest due queued job of the pool has waited (NULL when none). One probe
--- of jobs_due_idx per shard: a plain min(run_at) over the pool would read every row.
+-- of jobs_due_idx per shard and lane: a plain min(run_at) would read every queued row.
 SELECT extract(epoch FROM now() - min(first.run_at))::float8
 FROM pools p
 CROSS JOIN generate_series(0, p.shards - 1) AS s (shard)
+CROSS JOIN generate_series(0, 3) AS l (priority)
 CROSS JOIN LATERAL (
     SELECT run_at FROM jobs
-    WHERE pool = p.name AND shard = s.shard AND state = 'queued' AND run_at <= now()
+    WHERE pool = p.name AND shard = s.shard AND priority = l.priority AND state = 'queued'
+      AND run_at <= now()
     ORDER BY run_at
     LIMIT 1
 ) AS first

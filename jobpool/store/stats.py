@@ -2,7 +2,7 @@
 
 Each figure is one cheap statement served by an index that matches it:
 
-* the oldest due queued job: one probe of ``jobs_due_idx`` per shard (``S`` probes,
+* the oldest due queued job: one probe of ``jobs_due_idx`` per shard and lane (``4S`` probes,
   whatever the backlog), since a plain ``min(run_at)`` over the pool would read every
   queued row;
 * jobs finished in a recent window: a range of ``job_history_finished_idx``;

@@ -8,9 +8,21 @@ with buffered work — so saturated lanes are served 4:3:2:1 and a lone lane get
 slot.
 
 It sleeps until something can change the answer: a NOTIFY for one of its shards, a
-finished job (a free slot), an ownership change, or the timer of the earliest delayed
-job. A lane whose claim came back empty is not asked again until such a wake-up. There
-is no poll loop.
+finished job (a free slot), an ownership change, or the claim timer. There is no poll
+loop. A lane whose claim came back empty is not asked again until new work arrives or
+the timer fires; so when lanes turn empty, the dispatcher looks up the earliest
+``run_at`` queued in them (delayed jobs, retries backing off) and keeps that deadline
+— an absolute one, which no unrelated wake-up (a heartbeat, a finished job) moves.
+``MAX_TIMER_S`` re-asks every lane at the latest, bounding the cost of any missed
+wake-up.
+
+Ownership moves are respected at once: a buffered job whose shard this worker no
+longer serves is given back, never started, and a shard being claimed from counts as
+in flight, so its lease is not released under a claim that is still running.
+
+A cancel request is read from the job's row, never taken from a NOTIFY payload: a
+``cancel`` notification (or a heartbeat) only makes the dispatcher ask which of its
+attempts were asked to cancel.
 """
 
 from __future__ import annotations
@@ -52,7 +64,10 @@ from jobpool.worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 MAX_TIMER_S = 60.0
-"""Longest sleep without a wake-up: bounds the damage of a missed timer, not a poll."""
+"""Longest time a lane stays unasked: bounds the damage of a missed wake-up, not a poll."""
+MIN_TIMER_S = 0.01
+"""Shortest timer: a due time already past (a job fell due during the claim) re-claims
+after this, so a due job that cannot be claimed yet cannot make the loop spin."""
 
 
 @dataclass
@@ -88,7 +103,10 @@ class Dispatcher:
         self._news = 0  # counts "new work" wake-ups, to spot one during a claim
         self._cursors: dict[Priority, str] = dict.fromkeys(Priority, "")
         self._wake = asyncio.Event()
-        self._next_due: datetime | None = None
+        self._due: datetime | None = None  # earliest run_at queued in the empty lanes
+        self._rescan_at = 0.0  # monotonic: when the empty lanes are asked again anyway
+        self._claiming: frozenset[ShardId] = frozenset()
+        self._cancels_to_check = False
         self.claiming = True
         self.succeeded = 0
         self.failed = 0
@@ -99,42 +117,51 @@ class Dispatcher:
         if new_work:
             self._news += 1
             self._empty.clear()
+            self._due = None
         self._wake.set()
 
     def on_notify(self, payload: str) -> None:
-        """A payload of the worker channel: new work, or a cancel request."""
-        if payload.startswith(channels.CANCEL_PREFIX):
-            self.cancel(payload.removeprefix(channels.CANCEL_PREFIX))
+        """A payload of the worker channel: a hint of new work or of a cancel request."""
+        if payload == channels.CANCEL or payload.startswith(channels.CANCEL_PREFIX):
+            self.check_cancels()
         elif payload == channels.ALL or (
             payload.isdigit() and ShardId(int(payload)) in self._ownership.held
         ):
             self.wake(new_work=True)
+
+    def check_cancels(self) -> None:
+        """Ask the database, at the next step, which of our attempts were cancelled."""
+        if self.running or any(self.buffers.values()):
+            self._cancels_to_check = True
+            self._wake.set()
 
     # -- bookkeeping -----------------------------------------------------------------
 
     def in_flight(self, shard: ShardId) -> int:
         buffered = sum(job.shard == shard for buf in self.buffers.values() for job in buf)
         running = sum(r.job.shard == shard for r in self.running.values())
-        return buffered + running + self._completer.unwritten(shard)
+        claiming = int(shard in self._claiming)
+        return buffered + running + claiming + self._completer.unwritten(shard)
 
     def buffered_ids(self) -> list[JobId]:
         return [job.id for buf in self.buffers.values() for job in buf]
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: JobId) -> None:
         """Cancel a running job's task, or drop a buffered one as cancelled."""
-        for run in self.running.values():
-            if str(run.job.id) == job_id:
-                run.ctx.cancel_requested = True
-                run.task.cancel()
-                return
+        run = self.running.get(job_id)
+        if run is not None:
+            run.ctx.cancel_requested = True
+            run.task.cancel()
+            return
         for buf in self.buffers.values():
             for job in buf:
-                if str(job.id) == job_id:
+                if job.id == job_id:
                     buf.remove(job)
-                    self._completer.add(
-                        Finish(job_id=job.id, state=JobState.CANCELLED), shard=job.shard
-                    )
+                    self._finish_cancelled(job)
                     return
+
+    def _finish_cancelled(self, job: ClaimedJob) -> None:
+        self._completer.add(Finish(job_id=job.id, state=JobState.CANCELLED), shard=job.shard)
 
     def drop_shards(self, shards: set[ShardId]) -> None:
         """The leases of ``shards`` are gone: stop their attempts, forget their buffers."""
@@ -146,22 +173,51 @@ class Dispatcher:
 
     # -- the loop ----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        while True:
-            await self.step()
-
     async def step(self) -> None:
-        """One round: claim, start what the free slots allow, sleep until a wake-up."""
+        """One round: act on cancels, claim, give back what moved away (also what a
+        claim brought in while its shard moved), start what the free slots allow, sleep
+        until a wake-up."""
         self._wake.clear()
+        if self._cancels_to_check:
+            await self._apply_cancels()
         if self.claiming:
             await self._claim()
+        await self._give_back_moved()
         self._start_ready()
         await self._sleep()
 
-    async def run_once(self) -> None:
-        """One claim-and-start round (for tests)."""
-        await self._claim()
-        self._start_ready()
+    async def _apply_cancels(self) -> None:
+        self._cancels_to_check = False
+        ids = [*self.running, *self.buffered_ids()]
+        async with self._conns.acquire() as conn:
+            cancelled = await execution.job_cancels_requested(
+                conn, self._settings.pool, owner=self._settings.owner, job_ids=ids
+            )
+        for job_id in cancelled:
+            self.cancel(job_id)
+
+    async def _give_back_moved(self) -> None:
+        """Buffered jobs of shards this worker no longer serves go back to the queue
+        unstarted, so the shard drains and its next owner gets them."""
+        moved = [
+            job
+            for buf in self.buffers.values()
+            for job in buf
+            if not self._ownership.serves(job.shard)
+        ]
+        if not moved:
+            return
+        async with self._conns.acquire() as conn:
+            await execution.job_release_many(
+                conn,
+                self._settings.pool,
+                owner=self._settings.owner,
+                job_ids=[job.id for job in moved],
+            )
+        gone = {job.id for job in moved}
+        for lane, buf in self.buffers.items():
+            self.buffers[lane] = deque(job for job in buf if job.id not in gone)
+        log.info("gave back %d buffered jobs of shards that moved away", len(moved))
 
     def _wants(self) -> dict[Priority, int]:
         capacity = self._settings.lane_capacity
@@ -177,27 +233,52 @@ class Dispatcher:
         if not shards or not wants:
             return
         news_before = self._news
-        async with self._conns.acquire() as conn:
-            claimed = await execution.job_claim_batch(
-                conn,
-                self._settings.pool,
-                owner=self._settings.owner,
-                shards=shards,
-                lanes=wants,
-                cursors=self._cursors,
-            )
-            got = {job.priority for job in claimed}
-            for job in claimed:
-                self.buffers[job.priority].append(job)
-            for lane in got:
-                served = (job.tenant for job in claimed if job.priority is lane)
-                self._cursors[lane] = execution.rotate_cursor(self._cursors[lane], served)
-            if news_before == self._news:  # else work may have come in after the snapshot
-                self._empty |= set(wants) - got
-            if self._empty == set(Priority):
-                self._next_due = await execution.job_next_due(
-                    conn, self._settings.pool, shards=shards
+        self._claiming = frozenset(shards)
+        try:
+            async with self._conns.acquire() as conn:
+                claimed = await execution.job_claim_batch(
+                    conn,
+                    self._settings.pool,
+                    owner=self._settings.owner,
+                    shards=shards,
+                    lanes=wants,
+                    cursors=self._cursors,
                 )
+                self._take_in(claimed)
+                if news_before == self._news:  # else work may have come in after the snapshot
+                    emptied = set(wants) - {job.priority for job in claimed}
+                    await self._note_empty(conn, shards, emptied)
+        finally:
+            self._claiming = frozenset()
+
+    def _take_in(self, claimed: list[ClaimedJob]) -> None:
+        """Buffer claimed jobs (ending at once those cancelled while an earlier attempt
+        ran) and move each served lane's tenant cursor."""
+        for job in claimed:
+            if job.cancel_requested:
+                self._finish_cancelled(job)
+            else:
+                self.buffers[job.priority].append(job)
+        for lane in {job.priority for job in claimed}:
+            served = (job.tenant for job in claimed if job.priority is lane)
+            self._cursors[lane] = execution.rotate_cursor(self._cursors[lane], served)
+
+    async def _note_empty(
+        self, conn: asyncpg.Connection, shards: list[ShardId], emptied: set[Priority]
+    ) -> None:
+        """Lanes whose claim came back empty are not asked again until new work or the
+        timer: arm the timer with the earliest run_at queued in the newly empty lanes."""
+        new = emptied - self._empty
+        if not new:
+            return
+        if not self._empty:
+            self._rescan_at = self._clock() + MAX_TIMER_S
+        self._empty |= new
+        due = await execution.job_next_due(
+            conn, self._settings.pool, shards=shards, lanes=sorted(new)
+        )
+        if due is not None and (self._due is None or due < self._due):
+            self._due = due
 
     def _start_ready(self) -> None:
         if self._clock() >= self._ownership.valid_until:
@@ -206,23 +287,31 @@ class Dispatcher:
             lane = self._lanes.pick(p for p, buf in self.buffers.items() if buf)
             if lane is None:
                 return
-            job = self.buffers[lane].popleft()
+            job = self.buffers[lane][0]
+            if not self._ownership.serves(job.shard):
+                return  # its shard moved away: the next step gives it back
+            self.buffers[lane].popleft()
             ctx = JobContext(job, self._report)
             task = asyncio.create_task(self._run(job, ctx), name=f"job-{job.id}")
             self.running[job.id] = Running(job, ctx, task)
 
+    def _timeout(self) -> float:
+        """Seconds until the claim timer fires."""
+        if not self._empty:
+            return MAX_TIMER_S  # finished jobs and heartbeats wake it meanwhile
+        timeout = self._rescan_at - self._clock()
+        if self._due is not None:
+            timeout = min(timeout, (self._due - datetime.now(UTC)).total_seconds())
+        return max(timeout, MIN_TIMER_S)
+
     async def _sleep(self) -> None:
-        timeout = MAX_TIMER_S
-        if self._next_due is not None:
-            due_in = (self._next_due - datetime.now(UTC)).total_seconds()
-            timeout = min(timeout, max(due_in, 0.0))
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the event is set (CPython gh-86296).
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self._timeout()):
                 await self._wake.wait()
         except TimeoutError:
-            self._next_due = None
+            self._due = None
             self._empty.clear()
 
     # -- one attempt -----------------------------------------------------------------

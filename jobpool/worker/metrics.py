@@ -68,6 +68,16 @@ SUBMIT_TO_START = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 SHARDS_OWNED = Gauge("jobpool_shards_owned", "Shard leases this worker holds", ["pool"])
+SHARDS_ADOPTED = Gauge(
+    "jobpool_shards_adopted",
+    "Shards this worker holds for a missing ordinal (handed back when it returns)",
+    ["pool"],
+)
+SHARDS_ORPHANED = Gauge(
+    "jobpool_shards_orphaned",
+    "Shards of missing ordinals, free past the grace period and not yet adopted",
+    ["pool"],
+)
 FENCED = Counter(
     "jobpool_fenced_writes_total",
     "Outcomes rejected because the shard's lease moved on (another owner took it)",

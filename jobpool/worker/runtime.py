@@ -178,6 +178,7 @@ class Worker:
             await self.ownership.read_ring()
             await self.ownership.run_once()
             self.dispatcher.wake()  # renewed leases: buffered jobs may start again
+            self.dispatcher.check_cancels()  # in case a cancel's NOTIFY was missed
         except Exception:
             self.ownership.healthy = False
             raise

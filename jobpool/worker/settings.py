@@ -33,6 +33,12 @@ class WorkerSettings(BaseModel):
     heartbeat_interval_s: float = Field(
         default=0.0, ge=0, description="lease renewal period; 0 = a third of the TTL"
     )
+    orphan_grace_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="how long a shard may stay free or expired before live ordinals "
+        "adopt it (its ring owner is missing); 0 = twice the lease TTL",
+    )
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="on SIGTERM, how long in-flight jobs may finish"
     )
@@ -55,6 +61,10 @@ class WorkerSettings(BaseModel):
     @property
     def heartbeat_s(self) -> float:
         return self.heartbeat_interval_s or self.lease_ttl_s / 3
+
+    @property
+    def orphan_grace(self) -> float:
+        return self.orphan_grace_s or 2 * self.lease_ttl_s
 
     @property
     def lane_capacity(self) -> int:

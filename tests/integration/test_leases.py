@@ -47,12 +47,14 @@ async def _expire(conn: asyncpg.Connection, shards: Sequence[int]) -> None:
     )
 
 
-async def _leases(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+async def _leases(conn: asyncpg.Connection, *, free: bool = False) -> dict[int, asyncpg.Record]:
+    """The held leases of the pool (and, with ``free``, the free rows too)."""
     rows = await conn.fetch(
         "SELECT shard, owner, ordinal, epoch, expires_at,"
         " extract(epoch FROM expires_at - now())::float8 AS ttl_left"
-        " FROM shard_leases WHERE pool = $1",
+        " FROM shard_leases WHERE pool = $1 AND (owner IS NOT NULL OR $2)",
         POOL,
+        free,
     )
     return {row["shard"]: row for row in rows}
 
@@ -75,11 +77,15 @@ async def test_take_of_free_shards_starts_at_epoch_1(conn: asyncpg.Connection, p
     taken = await lease_take(conn, POOL, owner="w0-a", ordinal=0, shards=[0, 1, 2], ttl_s=TTL)
 
     assert taken == {0: 1, 1: 1, 2: 1}
-    leases = await _leases(conn)
-    assert set(leases) == {0, 1, 2}, "only the requested shards get a lease row"
-    for lease in leases.values():
-        assert (lease["owner"], lease["ordinal"], lease["epoch"]) == ("w0-a", 0, 1)
-        assert TTL - 5 < lease["ttl_left"] <= TTL
+    leases = await _leases(conn, free=True)
+    assert set(leases) == set(range(SHARDS)), "a pool has a lease row for every shard"
+    for shard, lease in leases.items():
+        if shard in (0, 1, 2):
+            assert (lease["owner"], lease["ordinal"], lease["epoch"]) == ("w0-a", 0, 1)
+            assert TTL - 5 < lease["ttl_left"] <= TTL
+        else:
+            assert (lease["owner"], lease["epoch"]) == (None, 0), "only requested shards move"
+            assert lease["ttl_left"] <= 0, "a free shard's expires_at is when it became free"
 
 
 async def test_other_ordinal_cannot_take_unexpired_leases(
@@ -151,7 +157,7 @@ async def test_renew_returns_only_the_shards_still_held(
     renewed = await lease_renew(conn, POOL, owner="w0-a", shards=[0, 1, 2, 3], ttl_s=600)
 
     assert renewed == {0: 1, 2: 1}, "shard 1 was taken over and shard 3 released"
-    leases = await _leases(conn)
+    leases = await _leases(conn, free=True)
     assert leases[0]["ttl_left"] > 500
     assert leases[2]["ttl_left"] > 500
     assert leases[1]["owner"] == "w1-a"
@@ -166,8 +172,9 @@ async def test_release_frees_shards_for_another_ordinal_at_once(
     await lease_take(conn, POOL, owner="w0-a", ordinal=0, shards=[0, 1, 2], ttl_s=TTL)
 
     assert sorted(await lease_release(conn, POOL, owner="w0-a", shards=[0, 1])) == [0, 1]
-    leases = await _leases(conn)
+    leases = await _leases(conn, free=True)
     assert all(leases[s]["owner"] is None and leases[s]["ordinal"] is None for s in (0, 1))
+    assert all(leases[s]["ttl_left"] <= 0 for s in (0, 1)), "free since the release"
 
     taken = await lease_take(conn, POOL, owner="w1-a", ordinal=1, shards=[0, 1, 2], ttl_s=TTL)
     assert taken == {0: 2, 1: 2}, "released shards are taken without waiting for the TTL"

@@ -34,6 +34,7 @@ from jobpool.store import dlq, execution, jobs
 from jobpool.store.leases import lease_take
 from jobpool.store.pools import pool_ensure
 from jobpool.store.queries import QUERIES
+from jobpool.worker.settings import WorkerSettings
 
 POOL = "emails"
 SHARDS = 16
@@ -90,10 +91,11 @@ async def _load_jobs(
     *,
     delay_s: float = 0.0,
     tenants: int = TENANTS,
+    shards: int = SHARDS,
 ) -> None:
     """Jobs ``start..stop``: every (shard, lane) gets jobs of every tenant, in turn; due
     (the highest number last) unless ``delay_s`` puts them that far in the future."""
-    await conn.execute(LOAD_JOBS, POOL, SHARDS, start, stop, state, delay_s, tenants)
+    await conn.execute(LOAD_JOBS, POOL, shards, start, stop, state, delay_s, tenants)
 
 
 @pytest_asyncio.fixture(**_MODULE)
@@ -378,7 +380,9 @@ async def _lookups(conn: asyncpg.Connection) -> dict[str, tuple[str, tuple[Any, 
         "job_requeue_orphans": (QUERIES["job_requeue_orphans"], (POOL, [3]), {"jobs_running_idx"}),
         # The claim timer: when the earliest delayed job of the owner's shards is due.
         "job_next_due": (
-            *await _sent(lambda c: execution.job_next_due(c, POOL, shards=range(SHARDS))),
+            *await _sent(
+                lambda c: execution.job_next_due(c, POOL, shards=range(SHARDS), lanes=Priority)
+            ),
             {"jobs_due_idx"},
         ),
     }
@@ -500,8 +504,45 @@ async def test_claim_work_stays_flat_as_the_backlog_grows(
         )
 
 
+MANY_SHARDS = 256
+MANY_SHARDS_BACKLOG = 100_000
+# Measured: ~5,600 shared buffers (the claim probes every shard x lane); the bound
+# leaves room for plan noise, not for a claim that scans what it does not take.
+MAX_CLAIM_BUFFERS_AT_MANY_SHARDS = 12_000
+
+
+async def test_claim_at_many_shards_reads_a_bounded_number_of_buffers(
+    conn: asyncpg.Connection,
+) -> None:
+    """The claim a worker sends at its default settings after a wake-up (every lane
+    wanting its prefetch capacity) from 256 owned shards with 100,000 due jobs reads a
+    bounded number of buffers."""
+    await pool_ensure(conn, POOL, shards=MANY_SHARDS)
+    shards = range(MANY_SHARDS)
+    await lease_take(conn, POOL, owner=OWNER, ordinal=0, shards=shards, ttl_s=3600)
+    await _load_jobs(conn, 0, MANY_SHARDS_BACKLOG, "queued", shards=MANY_SHARDS)
+    await conn.execute("ANALYZE jobs")
+    capacity = WorkerSettings(dsn="postgresql:///unused", pool=POOL, ordinal=0).lane_capacity
+    lanes = dict.fromkeys(Priority, capacity)
+    sql, args = await _sent(
+        lambda c: execution.job_claim_batch(c, POOL, owner=OWNER, shards=shards, lanes=lanes)
+    )
+
+    plan = await _analyzed(conn, sql, args)
+
+    buffers = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    print(f"\nclaim of {sum(lanes.values())} from {MANY_SHARDS} shards: {buffers} buffers")
+    assert plan["Actual Rows"] == sum(lanes.values()), _outline(plan)
+    assert buffers <= MAX_CLAIM_BUFFERS_AT_MANY_SHARDS, (
+        f"a claim of {sum(lanes.values())} jobs from {MANY_SHARDS} shards touched {buffers} "
+        f"buffers (bound {MAX_CLAIM_BUFFERS_AT_MANY_SHARDS})\n{_outline(plan)}"
+    )
+
+
 async def _next_due_buffers(conn: asyncpg.Connection) -> int:
-    sql, args = await _sent(lambda c: execution.job_next_due(c, POOL, shards=range(SHARDS)))
+    sql, args = await _sent(
+        lambda c: execution.job_next_due(c, POOL, shards=range(SHARDS), lanes=Priority)
+    )
     text = await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, *args)
     plan = json.loads(text)[0]["Plan"]
     return plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]

@@ -65,8 +65,8 @@ async def test_not_ready_until_a_shard_held_elsewhere_expires(
 ) -> None:
     # Shard 3 is held by another ordinal (a pod of an older ring) for one more second.
     await conn.execute(
-        "INSERT INTO shard_leases (pool, shard, owner, ordinal, epoch, expires_at) "
-        "VALUES ($1, 3, '7:other', 7, 1, now() + interval '1 second')",
+        "UPDATE shard_leases SET owner = '7:other', ordinal = 7, epoch = 1,"
+        " expires_at = now() + interval '1 second' WHERE pool = $1 AND shard = 3",
         POOL,
     )
     async with running_worker(dsn, Registry(), lease_ttl_s=1.5) as run:
