@@ -123,6 +123,15 @@ def worker_command(
         float,
         typer.Option(min=1.0, envvar="JOBPOOL_LEASE_TTL", help="Shard lease lifetime, seconds."),
     ] = 15.0,
+    orphan_grace: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            envvar="JOBPOOL_ORPHAN_GRACE",
+            help="Seconds a shard may stay free or expired before live ordinals adopt it "
+            "(its ordinal is missing); 0 = twice the lease TTL.",
+        ),
+    ] = 0.0,
     drain_timeout: Annotated[
         float,
         typer.Option(
@@ -187,6 +196,7 @@ def worker_command(
         incarnation=os.environ.get("POD_UID") or uuid.uuid4().hex,
         concurrency=concurrency,
         lease_ttl_s=lease_ttl,
+        orphan_grace_s=orphan_grace,
         drain_timeout_s=drain_timeout,
         priority_weights={**DEFAULT_WEIGHTS, **parse_weights(weights)},
         retry=RetryPolicy(max_attempts=max_attempts, base_s=backoff_base, cap_s=backoff_cap),
