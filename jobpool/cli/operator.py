@@ -10,6 +10,9 @@ manages; a JobPool's ``database.secretRef`` is what its workers read and must na
 same database. Migrations are applied at start, under their advisory lock.
 
 Scope: ``--namespace NS`` (repeatable, globs allowed) or ``--all-namespaces``.
+``--no-cluster-discovery``: no cluster-wide list or watch of CRDs and namespaces (for a
+service account that may not make them); globs then match nothing, and CRD changes
+need a restart.
 
 Peering: by default the operator joins the kopf peering object ``jobpool``
 (``KopfPeering`` in its namespaces, ``ClusterKopfPeering`` with
@@ -78,6 +81,13 @@ def operator_command(
             help="Seconds between two status updates (and autoscaling decisions) of a pool.",
         ),
     ] = DEFAULT_STATUS_INTERVAL_S,
+    cluster_discovery: Annotated[
+        bool,
+        typer.Option(
+            "--cluster-discovery/--no-cluster-discovery",
+            help="Watch CRDs (and namespaces) cluster-wide; off: exact namespaces only.",
+        ),
+    ] = True,
     liveness: Annotated[
         str | None,
         typer.Option(
@@ -117,6 +127,7 @@ def operator_command(
             peering_name=peering,
             priority=priority,
             liveness_endpoint=liveness,
+            cluster_discovery=cluster_discovery,
         )
     )
 

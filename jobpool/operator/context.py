@@ -180,6 +180,7 @@ _KINDS: dict[str, _KindApi] = {
     "Service": _KindApi("core", "service"),
     "ConfigMap": _KindApi("core", "config_map"),
     "PodDisruptionBudget": _KindApi("policy", "pod_disruption_budget"),
+    "Pod": _KindApi("core", "pod"),
 }
 
 
@@ -249,6 +250,14 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    async def list(self, kind: str, namespace: str, *, selector: str) -> list[dict[str, Any]]:
+        """The objects of ``kind`` in ``namespace`` that match the label ``selector``."""
+        found = await asyncio.to_thread(
+            self._call, kind, "list", namespace=namespace, label_selector=selector
+        )
+        items: list[dict[str, Any]] = found.get("items") or []
+        return items
 
     def close(self) -> None:
         self._client.close()

@@ -225,13 +225,19 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     return registry
 
 
-def operator_settings(*, instance: str | None = None) -> kopf.OperatorSettings:
+def operator_settings(
+    *, instance: str | None = None, cluster_discovery: bool = True
+) -> kopf.OperatorSettings:
     """kopf settings: our own annotations and finalizer, Events only where we post them.
 
     ``instance`` names this operator in its Events (``reportingInstance``); default:
-    the host name, which is the pod's name in a cluster.
+    the host name, which is the pod's name in a cluster. Without ``cluster_discovery``
+    kopf neither lists nor watches CRDs and namespaces (cluster-wide calls a namespaced
+    install may not be allowed): it serves the exact namespaces it was given and the
+    resources its first API discovery found, instead of retrying forbidden calls.
     """
     settings = kopf.OperatorSettings()
+    settings.scanning.disabled = not cluster_discovery
     settings.posting.reporting_instance = instance or socket.gethostname()
     settings.persistence.finalizer = FINALIZER
     # The CRD's structural schema prunes unknown status fields: keep kopf's state in
@@ -264,6 +270,7 @@ async def run_operator(
     peering_name: str = PEERING_NAME,
     priority: int | None = None,
     liveness_endpoint: str | None = None,
+    cluster_discovery: bool = True,
     identity: str | None = None,
     stop_flag: Any = None,
     ready_flag: Any = None,
@@ -276,14 +283,15 @@ async def run_operator(
     unless given one: a tie would pause every one of them. Without the peering CRDs
     installed the operator stays paused (peering is mandatory when requested).
     ``identity`` names the operator among its peers and in its Events (default: kopf's,
-    from ``$POD_ID`` or the user, host and start time).
+    from ``$POD_ID`` or the user, host and start time). ``cluster_discovery``: see
+    :func:`operator_settings`.
     """
     context = OperatorContext.create(config, configuration)
     try:
         await migrate_at_start(context)
         await kopf.operator(
             registry=build_registry(config),
-            settings=operator_settings(instance=identity),
+            settings=operator_settings(instance=identity, cluster_discovery=cluster_discovery),
             memo=context,
             identity=identity,  # type: ignore[arg-type]  # kopf's Identity: NewType of str
             namespaces=list(namespaces),

@@ -7,13 +7,14 @@ default) reads
   pending dead letters (and those of the last ``dlq_growth_window_s``), the wait of the
   oldest due job, the jobs finished in the last ``throughput_window_s``, the ring, and
   each ordinal's heartbeat, shards and counters;
-* from Kubernetes: the StatefulSet's ``status`` (replicas, ready, rollout);
+* from Kubernetes: the StatefulSet's ``status`` (replicas, ready, rollout) and the
+  worker pods (which are Ready, which terminate);
 
 and patches ``status`` with the fields of ``spec.JobPoolStatus`` and three conditions:
 
 * ``Degraded`` — True with the first reason that applies: ``DatabaseUnreachable``,
-  ``WorkersMissingHeartbeats`` (a ready ordinal whose heartbeat is older than the
-  lease TTL, or absent), ``DlqGrowing`` (new dead letters within the window).
+  ``WorkersMissingHeartbeats`` (see :func:`missing_heartbeats`), ``DlqGrowing`` (new
+  dead letters within the window).
   ``InvalidSpec`` is the reconcile handler's: this timer skips a spec that does not
   parse, so it never hides that reason.
 * ``Ready`` — every desired worker is ready and heartbeating, and Postgres answers.
@@ -33,6 +34,7 @@ the DSN's label without password, see ``jobpool.store.connect``).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -74,6 +76,7 @@ DATABASE_UNREACHABLE = "DatabaseUnreachable"
 WORKERS_MISSING_HEARTBEATS = "WorkersMissingHeartbeats"
 DLQ_GROWING = "DlqGrowing"
 INVALID_SPEC = "InvalidSpec"
+POD_ORDINAL = re.compile(r"-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Observation:
     figures: PoolFigures | None
     database_error: str | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    pods: Sequence[Mapping[str, Any]] = ()  # the worker pods, as the API returns them
 
     @property
     def sts_status(self) -> Mapping[str, Any]:
@@ -207,15 +211,43 @@ def spec_problem(observed: Observation) -> str | None:
     return str(problem) if problem is not None else None
 
 
+def serving_since(pod: Mapping[str, Any]) -> tuple[int, datetime] | None:
+    """``(ordinal, Ready since)`` of a pod that is Ready and not terminating, else None.
+
+    A terminating pod still counts in the StatefulSet's ``readyReplicas`` while its
+    worker drains and removes its row; a rolling update leaves ready ordinals that are
+    not ``0..N-1``: hence pods, not counts.
+    """
+    metadata = pod.get("metadata") or {}
+    match = POD_ORDINAL.search(metadata.get("name") or "")
+    if match is None or metadata.get("deletionTimestamp"):
+        return None
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    ready = find_condition(conditions, "Ready")
+    if ready.get("status") != "True" or not ready.get("lastTransitionTime"):
+        return None
+    since = datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00"))
+    return int(match.group(1)), since
+
+
 def missing_heartbeats(observed: Observation) -> list[int]:
-    """Ready ordinals whose heartbeat is absent or older than the lease TTL."""
+    """Ordinals of serving pods (Ready, not terminating) whose worker does not heartbeat.
+
+    A worker's row is late when its heartbeat is older than the lease TTL; a pod whose
+    ordinal has no fresh row gets the lease TTL from its Ready transition as grace (a
+    new pod's first heartbeat, the row its predecessor removed on a clean stop).
+    """
     figures = observed.figures
     if figures is None:
         return []
     ttl = timedelta(seconds=observed.spec.lease_ttl_seconds)
     beats = {worker.ordinal: worker.heartbeat_at for worker in figures.workers}
-    expected = range(min(observed.spec.replicas, observed.ready_replicas))
-    return [o for o in expected if o not in beats or figures.now - beats[o] > ttl]
+    missing = []
+    for ordinal, since in filter(None, map(serving_since, observed.pods)):
+        fresh = ordinal in beats and figures.now - beats[ordinal] <= ttl
+        if not fresh and observed.now - since > ttl:
+            missing.append(ordinal)
+    return sorted(missing)
 
 
 def degraded(observed: Observation) -> ConditionState:
@@ -370,8 +402,9 @@ async def observe(
     context: OperatorContext, name: str, namespace: str, spec: JobPoolSpec
 ) -> Observation:
     statefulset = await context.kube.read("StatefulSet", name, namespace)
+    pods = await context.kube.list("Pod", namespace, selector=selector(name))
     seen: dict[str, Any] = {"name": name, "spec": spec, "selector": selector(name)}
-    seen["statefulset"] = statefulset
+    seen.update(statefulset=statefulset, pods=pods)
     try:
         figures = await read_figures(context, name)
     except DatabaseUnavailable as exc:

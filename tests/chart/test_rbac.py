@@ -228,10 +228,10 @@ def kube_uses() -> dict[str, set[str]]:
             where = f"{path.name}:{node.lineno}"
             if method == "apply":
                 uses.setdefault(method, set()).update(children)
-            elif method == "read":
+            elif method in ("read", "list"):
                 kind = node.args[0] if node.args else None
                 if not (isinstance(kind, ast.Constant) and isinstance(kind.value, str)):
-                    pytest.fail(f"{where}: kube.read's kind is not a literal; teach this test")
+                    pytest.fail(f"{where}: kube.{method}'s kind is not a literal; teach this test")
                 uses.setdefault(method, set()).add(kind.value)
             elif method not in NOT_API_CALLS:
                 pytest.fail(f"{where}: Kube.{method} is new; teach this test what it calls")
@@ -291,6 +291,10 @@ def operator_calls(recorder: Recorder) -> set[Call]:
                 recorder.behaviour = behaviour
                 if method == "apply":
                     await kube.apply(children[kind])
+                elif method == "list" and behaviour == "exists":  # a list never 404s
+                    await kube.list(kind, "ns", selector="a=b")
+                elif method == "list":
+                    continue
                 else:
                     await kube.read(kind, "pool", "ns")
 
@@ -480,6 +484,7 @@ def test_the_operator_calls_found_in_its_code(operator_calls: set[Call]) -> None
         Call("", "configmaps", "create", True),
         Call("policy", "poddisruptionbudgets", "patch", True),
         Call("policy", "poddisruptionbudgets", "create", True),
+        Call("", "pods", "list", True),
     }
 
 

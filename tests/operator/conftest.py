@@ -48,11 +48,13 @@ from typing import Any, TypeVar
 
 import kmock
 import kubernetes.client
+import pg
 import pytest_asyncio
 
 from jobpool.operator.context import OperatorConfig
 from jobpool.operator.crd import render_crd
 from jobpool.operator.handlers import run_operator
+from jobpool.operator.render import selector_labels
 
 T = TypeVar("T")
 
@@ -67,6 +69,7 @@ KINDS = {
     "PodDisruptionBudget": "policy/v1/poddisruptionbudgets",
 }
 EVENTS = "v1/events"
+PODS = "v1/pods"
 STATUS_INTERVAL_S = 0.3
 DEADLINE_S = 15.0
 POLL_S = 0.05
@@ -203,6 +206,21 @@ class Cluster:
         url = f"/apis/apps/v1/namespaces/{self.namespace}/statefulsets/{name}/status"
         await self._send("patch", url, {"status": status})
 
+    async def add_ready_pod(self, name: str, ordinal: int, *, since: str) -> None:
+        """Play the kubelet: worker pod ``<name>-<ordinal>``, Ready since ``since``."""
+        ready = {"type": "Ready", "status": "True", "lastTransitionTime": since}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{name}-{ordinal}",
+                "namespace": self.namespace,
+                "labels": selector_labels(name),
+            },
+            "status": {"conditions": [ready]},
+        }
+        await self._send("post", f"/api/v1/namespaces/{self.namespace}/pods", pod)
+
     # -- waiting -------------------------------------------------------------------
 
     async def eventually(
@@ -309,6 +327,7 @@ async def api() -> AsyncIterator[ApiServer]:
             kind="Namespace", namespaced=False, verbs=_ALL_VERBS
         )
         resources[EVENTS] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=_ALL_VERBS)
+        resources[PODS] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=_ALL_VERBS)
         for kind, resource in KINDS.items():
             resources[resource] = kmock.ResourceInfo(
                 kind=kind, namespaced=True, subresources={"status"}, verbs=_ALL_VERBS
@@ -342,7 +361,8 @@ async def start_operator(
         *, options: dict[str, Any] | None = None, watching: bool = True, **overrides: Any
     ) -> OperatorThread:
         settings: dict[str, Any] = {"status_interval_s": STATUS_INTERVAL_S, "db_timeout_s": 2.0}
-        config = OperatorConfig(dsn=overrides.pop("dsn", dsn), **{**settings, **overrides})
+        operator_dsn = overrides.pop("dsn", pg.as_role(dsn, pg.OPERATOR))
+        config = OperatorConfig(dsn=operator_dsn, **{**settings, **overrides})
         operator = OperatorThread(config, str(api.url).rstrip("/"), **(options or {}))
         started.append(operator)
         watches = len(watch_requests(api))

@@ -83,6 +83,18 @@ def sts(ready_replicas: int = 2, *, replicas: int = 2, observed: int | None = 1)
     return {"metadata": {"generation": 1}, "status": status}
 
 
+def pod(
+    ordinal: int, *, ready: bool = True, since: timedelta = timedelta(hours=1), gone: bool = False
+) -> dict:
+    """Worker pod ``emails-<ordinal>``: Ready (or not) for ``since``; terminating if ``gone``."""
+    metadata: dict = {"name": f"emails-{ordinal}"}
+    if gone:
+        metadata["deletionTimestamp"] = "2025-01-31T12:00:00Z"
+    condition = {"type": "Ready", "status": "True" if ready else "False"}
+    condition["lastTransitionTime"] = (T0 - since).isoformat().replace("+00:00", "Z")
+    return {"metadata": metadata, "status": {"conditions": [condition]}}
+
+
 def observation(**changes) -> Observation:
     values = {
         "name": "emails",
@@ -91,6 +103,7 @@ def observation(**changes) -> Observation:
         "statefulset": sts(),
         "figures": figures(),
         "now": T0,
+        "pods": (pod(0), pod(1)),
     }
     return Observation(**{**values, **changes})
 
@@ -120,12 +133,16 @@ def test_degraded_reasons_in_order_of_precedence():
     assert degraded(observation(figures=figures(shards=64))).reason == "InvalidSpec"
 
 
-def test_only_ready_ordinals_must_heartbeat():
+def test_heartbeats_are_judged_per_ready_pod_that_does_not_terminate():
     no_rows = figures(workers=())
-    assert degraded(observation(figures=no_rows, statefulset=sts(0))).status is False
-    assert degraded(observation(figures=no_rows, statefulset=sts(1))).message.startswith(
-        "ordinals 0 "
-    )
+
+    def missing(*pods: dict) -> str:
+        return degraded(observation(figures=no_rows, pods=pods)).message
+
+    assert missing(pod(0, ready=False), pod(1, gone=True)) == ""  # a graceful stop
+    assert missing(pod(0, since=timedelta(seconds=10))) == ""  # a new pod: a TTL of grace
+    assert missing(pod(0, since=timedelta(seconds=16))).startswith("ordinals 0 ")
+    assert missing(pod(2), pod(0, gone=True)).startswith("ordinals 2 ")  # mid-rollout
     assert ready(observation(statefulset=sts(1))).reason == "WorkersNotReady"
 
 
@@ -263,6 +280,8 @@ async def test_missing_heartbeats_degrade_until_the_worker_beats(start_operator,
     await cluster.set_statefulset_status(
         "emails", {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 1}
     )
+    for ordinal in (0, 1):
+        await cluster.add_ready_pod("emails", ordinal, since="2025-01-01T00:00:00Z")
     missing = await cluster.eventually(
         lambda: (
             cluster.condition("emails", "Degraded").get("reason") == "WorkersMissingHeartbeats"

@@ -29,6 +29,10 @@ The RBAC rules of templates/rbac.yaml, one group per purpose.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch"]
+# The worker pods, listed for the status: which are Ready and not terminating.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Events about the JobPools (kopf.event and kopf's own).
 - apiGroups: [""]
   resources: ["events"]
