@@ -28,9 +28,11 @@ from the result which attempt's completion the database accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,10 +43,12 @@ from jobpool import Context, Permanent, Registry
 DSN_ENV = "JOBPOOL_CHAOS_DSN"
 POOL_SIZE = 8
 """Connections per worker process: the suite runs workers with at most this concurrency."""
+END_WRITE_TRIES = 120
+END_WRITE_PAUSE_S = 0.5
 
 ATTEMPTS_DDL = """
 CREATE TABLE IF NOT EXISTS chaos_attempts (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id           uuid PRIMARY KEY,
     job_id       uuid NOT NULL,
     attempt      integer NOT NULL,
     incarnation  text NOT NULL,
@@ -57,10 +61,9 @@ CREATE TABLE IF NOT EXISTS chaos_attempts (
 """
 
 _INSERT = """
-INSERT INTO chaos_attempts (job_id, attempt, incarnation, shard, epoch, started)
-SELECT $1, $2, $3, j.shard, j.lease_epoch, $4
-FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.id = $1
-RETURNING id
+INSERT INTO chaos_attempts (id, job_id, attempt, incarnation, shard, epoch, started)
+SELECT $1, $2, $3, $4, j.shard, j.lease_epoch, $5
+FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.id = $2
 """
 
 registry = Registry()
@@ -84,17 +87,32 @@ async def _attempts_pool() -> asyncpg.Pool:
     return _pool
 
 
-async def _write_end(inserted: asyncio.Future[int], ended: float, outcome: str) -> None:
-    row_id = await inserted
+async def _write_end(
+    row_id: uuid.UUID, inserted: asyncio.Future[str], ended: float, outcome: str
+) -> None:
+    """Write the end, retrying through a database outage (an attempt left without its
+    end would look as if it ran until its process exited). The row's id is made here,
+    not by the database: a start whose answer an outage cut off may still have been
+    written, and its end must then be written too (after the start's own try)."""
+    with contextlib.suppress(Exception):
+        await inserted
     pool = await _attempts_pool()
-    await pool.execute(
-        "UPDATE chaos_attempts SET ended = $2, outcome = $3 WHERE id = $1", row_id, ended, outcome
-    )
+    for _ in range(END_WRITE_TRIES):
+        try:
+            await pool.execute(
+                "UPDATE chaos_attempts SET ended = $2, outcome = $3 WHERE id = $1",
+                row_id,
+                ended,
+                outcome,
+            )
+            return
+        except Exception:  # an outage, or a connection broken by one: try again
+            await asyncio.sleep(END_WRITE_PAUSE_S)
 
 
-def _record_end(inserted: asyncio.Future[int], outcome: str) -> None:
+def _record_end(row_id: uuid.UUID, inserted: asyncio.Future[str], outcome: str) -> None:
     """Stamp the end now; write it in the background (no await in the handler)."""
-    task = asyncio.create_task(_write_end(inserted, time.time(), outcome))
+    task = asyncio.create_task(_write_end(row_id, inserted, time.time(), outcome))
     _background.add(task)
     task.add_done_callback(_background.discard)
 
@@ -103,22 +121,23 @@ async def _recorded(ctx: Context, work: Callable[[], Awaitable[None]]) -> dict[s
     """Run ``work`` as one recorded attempt; its exception (if any) is the outcome."""
     pool = await _attempts_pool()
     incarnation = os.environ.get("POD_UID", "?")
+    row_id = uuid.uuid4()
     inserted = asyncio.ensure_future(
-        pool.fetchval(_INSERT, ctx.job_id, ctx.attempt, incarnation, time.time())
+        pool.execute(_INSERT, row_id, ctx.job_id, ctx.attempt, incarnation, time.time())
     )
     try:
         await asyncio.shield(inserted)
         await work()
     except asyncio.CancelledError:
-        _record_end(inserted, "cancelled")
+        _record_end(row_id, inserted, "cancelled")
         raise
     except Permanent:
-        _record_end(inserted, "permanent")
+        _record_end(row_id, inserted, "permanent")
         raise
     except Exception:
-        _record_end(inserted, "failed")
+        _record_end(row_id, inserted, "failed")
         raise
-    _record_end(inserted, "ok")
+    _record_end(row_id, inserted, "ok")
     return {"incarnation": incarnation, "attempt": ctx.attempt}
 
 

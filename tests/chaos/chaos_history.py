@@ -27,10 +27,13 @@ What each kind means:
 * ``overlap``: two attempts of one job whose executions overlapped in time, by two
   workers both live and unfenced. Not counted: an attempt interrupted by a freeze of
   its process (a frozen process executes nothing; its lease lapsed and it is fenced
-  when it resumes), and a pair run by two incarnations of one ordinal (a new
-  incarnation takes its ordinal's shards at once, as a StatefulSet runs one pod per
-  ordinal: the older one is a zombie, fenced by the epoch bump). Either way, the late
-  completion of the fenced attempt is judged by the check above.
+  when it resumes), a pair run by two incarnations of one ordinal (a new incarnation
+  takes its ordinal's shards at once, as a StatefulSet runs one pod per ordinal: the
+  older one is a zombie, fenced by the epoch bump), and an attempt whose lease (its
+  shard and epoch in the lease history) ended ``expired`` or ``superseded``: its worker
+  had truly lost the shard (e.g. it could not renew through a database outage) and is
+  fenced. Whichever way, the late completion of the fenced attempt is judged by the
+  check above.
 * ``cancel_lost``: a cancel was answered, yet the job ended otherwise than
   ``cancelled`` after an attempt that started after the answer.
 * ``dedupe``: two unfinished jobs with one dedupe key, or a submit that got a new job
@@ -67,6 +70,7 @@ class Attempt(_Record):
     job_id: UUID
     attempt: int
     incarnation: str
+    shard: int | None = None
     epoch: int | None = None
     started: float
     ended: float | None = None
@@ -81,6 +85,16 @@ class Process(_Record):
     frozen: tuple[tuple[float, float], ...] = ()
     exited_at: float | None = None
     """``None``: still running when the final state was read."""
+
+
+class LeaseHolding(_Record):
+    """One holding of a shard lease, from the product's lease history."""
+
+    shard: int
+    epoch: int
+    owner: str
+    ended_because: str | None = None
+    """``released``, ``expired``, ``superseded``, or ``None`` while held."""
 
 
 class Cancel(_Record):
@@ -123,6 +137,7 @@ class History(_Record):
     jobs: tuple[Job, ...]
     """Both the unfinished rows and the finished ones (a job may wrongly be in both)."""
     dlq: tuple[DlqEntry, ...] = ()
+    leases: tuple[LeaseHolding, ...] = ()
     observed_at: float
     """When the final state was read."""
 
@@ -191,6 +206,11 @@ class _View:
         for attempt in sorted(history.attempts, key=lambda a: a.started):
             self.attempts[attempt.job_id].append(attempt)
         self.processes = {p.incarnation: p for p in history.processes}
+        self.lost_leases = {
+            (lease.shard, lease.epoch)
+            for lease in history.leases
+            if lease.ended_because in {"expired", "superseded"}
+        }
         self.dlq: dict[UUID, list[DlqEntry]] = defaultdict(list)
         for entry in history.dlq:
             self.dlq[entry.original_job_id].append(entry)
@@ -216,6 +236,10 @@ class _View:
             and first.incarnation != second.incarnation
             and first.ordinal == second.ordinal
         )
+
+    def fenced(self, attempt: Attempt) -> bool:
+        """Its lease ended by expiry or supersession: its worker had lost the shard."""
+        return (attempt.shard, attempt.epoch) in self.lost_leases
 
     def interrupted(self, attempt: Attempt) -> bool:
         """Its process was frozen at some point while it ran."""
@@ -332,7 +356,9 @@ def _overlaps(view: _View) -> list[str]:
             found += [
                 f"job {job_id}: {_describe(view, first)} overlaps {_describe(view, other)}"
                 for other in active[i + 1 :]
-                if other.started < first_end and not view.same_ordinal(first, other)
+                if other.started < first_end
+                and not view.same_ordinal(first, other)
+                and not view.fenced(first)
             ]
     return found
 

@@ -29,7 +29,17 @@ from typing import Any
 import asyncpg
 from chaos_fleet import POOL, SHARDS, TENANT, ChaosFleet, wait_for
 from chaos_handlers import ATTEMPTS_DDL
-from chaos_history import Attempt, Cancel, DlqEntry, History, Job, Submission, Verdict, check
+from chaos_history import (
+    Attempt,
+    Cancel,
+    DlqEntry,
+    History,
+    Job,
+    LeaseHolding,
+    Submission,
+    Verdict,
+    check,
+)
 
 from jobpool import CancelOutcome, Client, Item
 from jobpool.errors import DatabaseUnavailable, JobAlreadyFinished, JobNotFound
@@ -187,14 +197,15 @@ async def read_history(conn: asyncpg.Connection, fleet: ChaosFleet, workload: Wo
         cancels=tuple(workload.cancels),
         jobs=tuple(await _jobs(conn)),
         dlq=tuple(await _dlq(conn)),
+        leases=tuple(await _leases(conn)),
         observed_at=observed_at,
     )
 
 
 async def _attempts(conn: asyncpg.Connection) -> list[Attempt]:
     rows = await conn.fetch(
-        "SELECT job_id, attempt, incarnation, epoch, started, ended, outcome "
-        "FROM chaos_attempts ORDER BY id"
+        "SELECT job_id, attempt, incarnation, shard, epoch, started, ended, outcome "
+        "FROM chaos_attempts ORDER BY started"
     )
     return [Attempt(**dict(r)) for r in rows]
 
@@ -270,6 +281,11 @@ class Chaos:
     fleet: ChaosFleet
     workload: Workload
 
+    async def reconnect(self) -> None:
+        """A new connection after a database restart (the old one is dead)."""
+        self.conn.terminate()
+        self.conn = await asyncpg.connect(self.fleet.dsn)
+
 
 @contextlib.asynccontextmanager
 async def chaos_run(dsn: str, log_dir: Path, *, replicas: int) -> AsyncIterator[Chaos]:
@@ -282,7 +298,19 @@ async def chaos_run(dsn: str, log_dir: Path, *, replicas: int) -> AsyncIterator[
         await conn.execute(ATTEMPTS_DDL)
         await pool_ensure(conn, POOL, shards=SHARDS, replicas=replicas)
         async with Client(dsn, pool=POOL, tenant=TENANT) as client:
-            yield Chaos(conn, fleet, Workload(client))
+            run = Chaos(conn, fleet, Workload(client))
+            yield run
+            conn = run.conn
     finally:
         fleet.close()
         await conn.close()
+
+
+async def _leases(conn: asyncpg.Connection) -> list[LeaseHolding]:
+    """The product's lease history, where the schema has one."""
+    if await conn.fetchval("SELECT to_regclass('lease_history')") is None:
+        return []
+    rows = await conn.fetch(
+        "SELECT shard, epoch, owner, ended_because FROM lease_history WHERE pool = $1", POOL
+    )
+    return [LeaseHolding(**dict(r)) for r in rows]

@@ -14,6 +14,7 @@ from chaos_history import (
     History,
     Job,
     Kind,
+    LeaseHolding,
     Process,
     Submission,
     check,
@@ -167,6 +168,17 @@ def test_no_overlap_between_a_zombie_and_its_successor_of_one_ordinal() -> None:
         jobs=(ok_job(attempts=2, by="a2"),),
     )
     assert kinds(h) == {}
+
+
+@pytest.mark.parametrize(("ended_because", "overlaps"), [("expired", 0), ("released", 1)])
+def test_overlap_after_the_first_lease_was_lost(ended_because: str, overlaps: int) -> None:
+    lease = LeaseHolding(shard=3, epoch=1, owner="0:a", ended_because=ended_because)
+    h = history(
+        leases=(lease,),
+        attempts=(run(1, "a", 1, 5, shard=3, epoch=1), run(2, "b", 3, 4, shard=3, epoch=2)),
+        jobs=(ok_job(attempts=2, by="b"),),
+    )
+    assert kinds(h) == ({Kind.OVERLAP: 1} if overlaps else {})
 
 
 def test_cancel_that_did_not_stick() -> None:
