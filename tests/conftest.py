@@ -16,7 +16,9 @@ Fixtures:
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 
@@ -32,7 +34,8 @@ from jobpool.store.migrate import migrate
 for _name in [name for name in os.environ if name.startswith("JOBPOOL_")]:
     if _name != "JOBPOOL_TEST_DSN":
         del os.environ[_name]
-os.environ["JOBPOOL_DEV_DIR"] = tempfile.mkdtemp(prefix="jobpool-tests-no-dev-")
+os.environ["JOBPOOL_DEV_DIR"] = _NO_DEV_DIR = tempfile.mkdtemp(prefix="jobpool-tests-no-dev-")
+atexit.register(shutil.rmtree, _NO_DEV_DIR, ignore_errors=True)
 
 _SESSION = {"loop_scope": "session", "scope": "session"}
 _TEST = {"loop_scope": "session", "scope": "function"}

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from jobpool.models import DlqEntry, ErrorRecord, JobStatus, Pool
+from jobpool.models import DlqEntry, ErrorRecord, JobState, JobStatus, Pool
 
 PIPE_WIDTH_CHARS = 200
 """Table width when stdout is not a terminal, so piped tables are not cut at 80 columns."""
@@ -88,11 +88,6 @@ def pool_fields(pool: Pool) -> Fields:
 
 def status_fields(status: JobStatus) -> Fields:
     """Everything about a job but its error history, for ``jobpool status``."""
-    progress = "-"
-    if status.progress is not None:
-        fraction = status.progress.fraction
-        parts = [f"{fraction:.0%}" if fraction is not None else "", status.progress.message or ""]
-        progress = f"{' '.join(p for p in parts if p) or '-'} (at {when(status.progress.at)})"
     fields = [
         ("id", str(status.id)),
         ("pool", status.pool),
@@ -102,7 +97,7 @@ def status_fields(status: JobStatus) -> Fields:
         ("priority", status.priority.value),
         ("shard", str(status.shard)),
         ("attempts", _attempts(status)),
-        ("progress", progress),
+        ("progress", _progress(status)),
         ("created", when(status.created_at)),
         ("run at", when(status.run_at)),
         ("started", when(status.started_at)),
@@ -115,10 +110,25 @@ def status_fields(status: JobStatus) -> Fields:
     return fields
 
 
+def _progress(status: JobStatus) -> str:
+    """The last report; a succeeded job is done (100 %), whatever it last reported."""
+    if status.state is JobState.SUCCEEDED:
+        return "100% (succeeded)"
+    if status.progress is None:
+        return "-"
+    fraction = status.progress.fraction
+    parts = [f"{fraction:.0%}" if fraction is not None else "", status.progress.message or ""]
+    ended = f", before the job ended {status.state.value}" if status.state.finished else ""
+    return f"{' '.join(p for p in parts if p) or '-'} (at {when(status.progress.at)}{ended})"
+
+
 def _attempts(status: JobStatus) -> str:
     if status.max_attempts is None:
-        return f"{status.attempts} (at most as many as the pool's retry policy allows)"
-    return f"{status.attempts} of at most {status.max_attempts}"
+        return (
+            f"{status.attempts} (the job sets no limit: its handler's max_attempts applies, "
+            "else the worker's --max-attempts)"
+        )
+    return f"{status.attempts} of at most {status.max_attempts} (set on the job)"
 
 
 def dlq_entry_fields(entry: DlqEntry) -> Fields:

@@ -72,7 +72,9 @@ async def dlq_mark_replayed(conn: Connection, pool: str, tenant: str, entry_id: 
     row = await conn.fetchrow(QUERIES["dlq_mark_replayed"], entry_id, pool, tenant)
     if row is None:
         entry = await dlq_get(conn, pool, tenant, entry_id)
-        raise DlqEntryAlreadyReplayed(f"DLQ entry {entry.id} was replayed at {entry.replayed_at}")
+        raise DlqEntryAlreadyReplayed(
+            f"DLQ entry {entry.id} was replayed at {entry.replayed_at:%Y-%m-%d %H:%M:%S %Z}"
+        )
     return rows.dlq_entry(row)
 
 

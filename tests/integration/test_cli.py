@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -231,6 +232,10 @@ async def test_submit_status_cancel(dsn: str, pool: Pool) -> None:
     assert fields["priority"].strip() == "high"
     assert fields["type"].strip() == "email.send"
     assert fields["request id"].strip() == "req-1"
+    assert fields["attempts"].strip() == (
+        "0 (the job sets no limit: its handler's max_attempts applies, else the worker's "
+        "--max-attempts)"
+    )
     assert "errors: none" in status.stdout
 
     cancelled = await invoke("cancel", job_id, *job_args(dsn))
@@ -369,12 +374,17 @@ async def test_result_and_status_of_finished_jobs(
     dsn: str, pool: Pool, conn: asyncpg.Connection
 ) -> None:
     succeeded = await _add_finished_job(conn, "succeeded", result='{"sent": [1, 2]}')
+    await conn.execute(  # the handler's last report was 20 %: the job is done all the same
+        "UPDATE job_history SET progress = 0.2, progress_at = now() WHERE id = $1",
+        uuid.UUID(succeeded),
+    )
     result = await invoke("result", succeeded, "--timeout", "5", *job_args(dsn))
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"sent": [1, 2]}
     status = await invoke("status", succeeded, *job_args(dsn))
     assert status.exit_code == 0
-    assert "attempts:    1 of at most 3" in status.stdout
+    assert "attempts:    1 of at most 3 (set on the job)" in status.stdout
+    assert "progress:    100% (succeeded)" in status.stdout
     assert 'result:      {"sent": [1, 2]}' in status.stdout
 
     errors = json.dumps(
@@ -564,6 +574,7 @@ async def test_dlq_list_pages_show_replay_purge(
 
     again = await invoke("dlq", "replay", str(first_id), *job_args(dsn))
     assert_one_line_error(again, ExitCode.CONFLICT, f"DLQ entry {first_id} was replayed at")
+    assert re.search(r"replayed at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$", again.stderr.strip())
 
     purged = await invoke("dlq", "purge", "--older-than", "0", *job_args(dsn))
     assert purged.exit_code == 0, purged.output
