@@ -53,7 +53,8 @@ def echo_fields(fields: Fields) -> None:
 
 
 def echo_errors(history: Iterable[ErrorRecord]) -> None:
-    """Print the error history, one failed attempt per line, oldest first."""
+    """Print the error history, one failed attempt per line, oldest first, then the
+    traceback of the last attempt that has one (``--json`` shows every traceback)."""
     records = list(history)
     typer.echo(f"errors: {'none' if not records else ''}".rstrip())
     for record in records:
@@ -61,6 +62,11 @@ def echo_errors(history: Iterable[ErrorRecord]) -> None:
             f"  attempt {record.attempt} at {when(record.at)}  "
             f"{record.error_type}: {' '.join(record.message.split())}"
         )
+    last = next((r for r in reversed(records) if r.traceback), None)
+    if last is not None and last.traceback is not None:
+        typer.echo(f"traceback of attempt {last.attempt}:")
+        for line in last.traceback.rstrip().splitlines():
+            typer.echo(f"  {line}")
 
 
 def print_table(table: Table) -> None:
