@@ -120,7 +120,20 @@ class Workload:
             return
         recent = pool[-200:]
         pick = self.rng.choice(recent)
-        job_id = pick.id if isinstance(pick, Submission) else pick
+        await self._cancel(pick.id if isinstance(pick, Submission) else pick)
+
+    async def cancel_running(self, conn: asyncpg.Connection, owner: str, *, most: int) -> None:
+        """Cancel up to ``most`` long jobs that ``owner`` is running (before a fault hits it)."""
+        rows = await conn.fetch(
+            "SELECT id FROM jobs WHERE worker = $1 AND state = 'running' AND type = 'long' "
+            "LIMIT $2",
+            owner,
+            most,
+        )
+        for row in rows:
+            await self._cancel(row["id"])
+
+    async def _cancel(self, job_id: Any) -> None:
         try:
             answer = await self.client.cancel(job_id)
         except (JobAlreadyFinished, JobNotFound, *OUTAGE_ERRORS):

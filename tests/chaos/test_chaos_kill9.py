@@ -16,7 +16,8 @@ KILLS = 8
 @pytest.mark.timeout(300)
 async def test_kill9_storm_loses_nothing(chaos: Chaos) -> None:
     """Ring of 3; every few finished jobs a random ordinal gets SIGKILL and its pod is
-    restarted at once. The history must show nothing lost, stuck, finished twice or
+    restarted at once; right before each kill, long jobs it runs get a cancel. The
+    history must show nothing lost, stuck, finished twice or
     accepted from a superseded attempt, no overlapping live attempts, no lost cancel."""
     conn, fleet, workload = chaos.conn, chaos.fleet, chaos.workload
     rng = random.Random(8)
@@ -27,6 +28,7 @@ async def test_kill9_storm_loses_nothing(chaos: Chaos) -> None:
         for _ in range(KILLS):
             await progress(conn, 20)
             victim = fleet.live()[rng.randrange(3)]
+            await workload.cancel_running(conn, victim.owner, most=2)
             await victim.kill9()
             fleet.start(victim.ordinal)
     verdict = await final_verdict(conn, fleet, workload)
