@@ -116,7 +116,7 @@ class Launcher:
     def __init__(self, pool: str, *, max_threads: int) -> None:
         self._pool = pool
         self.threads = HandlerThreads(max_threads)
-        self._abandoned: set[Work] = set()
+        self._abandoned: dict[Work, ClaimedJob] = {}
         self._lock = threading.Lock()
 
     @property
@@ -124,6 +124,11 @@ class Launcher:
         """Abandoned handlers (tasks and threads) that have not ended yet."""
         with self._lock:
             return len(self._abandoned)
+
+    def abandoned_jobs(self) -> list[ClaimedJob]:
+        """The attempts whose abandoned handlers still run."""
+        with self._lock:
+            return list(self._abandoned.values())
 
     def start(self, handler: Handler, argument: object, ctx: object) -> Run:
         """Start the handler: a task for an async one, a thread of the pool for a sync
@@ -140,7 +145,7 @@ class Launcher:
         if run.work.done():
             return
         with self._lock:
-            self._abandoned.add(run.work)
+            self._abandoned[run.work] = job
         run.work.add_done_callback(self._ended)
         loop = asyncio.get_running_loop()
         loop.call_later(LEFT_RUNNING_GRACE_S, self._check, run, job, why)
@@ -164,6 +169,6 @@ class Launcher:
 
     def _ended(self, work: Work) -> None:
         with self._lock:
-            self._abandoned.discard(work)
+            self._abandoned.pop(work, None)
         if not work.cancelled():
             work.exception()  # retrieved: how an abandoned handler ended is no news

@@ -254,11 +254,12 @@ class Worker:
             dispatcher.interrupt(late)
             await asyncio.gather(*late, return_exceptions=True)  # prompt: handlers abandoned
         await completer.drained()
-        if abandoned := dispatcher.launcher.running_abandoned:
+        if abandoned := dispatcher.launcher.abandoned_jobs():
             log.warning(
-                "%d handlers ignored their cancellation and still run: "
+                "%d handlers ignored their cancellation and still run (%s): "
                 "the worker stops without waiting for them",
-                abandoned,
+                len(abandoned),
+                ", ".join(f"job {job.id} ({job.type}) attempt {job.attempt}" for job in abandoned),
             )
         for loop in loops:
             loop.cancel()
