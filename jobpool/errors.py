@@ -57,6 +57,11 @@ class InvalidName(InvalidInput):
     """A pool or tenant name outside the allowed pattern."""
 
 
+class AccessDenied(JobpoolError, PermissionError):
+    """The database role may not do this: act for this tenant (it is mapped to other
+    tenants, or to none) or run this statement (it lacks the jobpool group role)."""
+
+
 class PoolNotFound(JobpoolError, LookupError):
     """The named pool has no row in the ``pools`` table (create it first)."""
 
@@ -95,6 +100,11 @@ class MigrationError(JobpoolError):
 
 class MigrationChanged(MigrationError):
     """An already applied migration file was edited after it ran."""
+
+
+class MigrationRolesMissing(MigrationError):
+    """The security model's group roles are missing and the migrating role may not
+    create them, or it is not a member of ``jobpool_owner``: an administrator must."""
 
 
 class DatabaseUnavailable(JobpoolError, ConnectionError):

@@ -12,6 +12,11 @@ Fixtures:
 * ``dsn``: URI of a fresh, fully migrated database of this test's own.
 * ``conn``: an asyncpg connection to ``dsn``, closed after the test.
 * ``empty_dsn``: URI of a fresh, empty (unmigrated) database, for migration tests.
+* ``worker_dsn`` / ``operator_dsn``: ``dsn`` as the suite's login role in
+  ``jobpool_worker`` / ``jobpool_operator`` (``pg.as_role``): what a deployment runs as.
+
+The migration creates the group roles ``jobpool_*`` (cluster-wide) in the template;
+the suite's login roles (``pg.LOGIN_ROLES``) are created right after it.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ async def _template(server_dsn: str, _admin: asyncpg.Connection) -> AsyncIterato
             await migrate(conn)
         finally:
             await conn.close()
+        await pg.create_login_roles(_admin)
         yield name
     finally:
         await pg.drop_database(_admin, name)
@@ -109,6 +115,16 @@ async def empty_dsn(server_dsn: str, _admin: asyncpg.Connection) -> AsyncIterato
         yield pg.with_database(server_dsn, name)
     finally:
         await pg.drop_database(_admin, name)
+
+
+@pytest.fixture
+def worker_dsn(dsn: str) -> str:
+    return pg.as_role(dsn, pg.WORKER)
+
+
+@pytest.fixture
+def operator_dsn(dsn: str) -> str:
+    return pg.as_role(dsn, pg.OPERATOR)
 
 
 @pytest_asyncio.fixture(**_TEST)

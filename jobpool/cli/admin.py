@@ -1,4 +1,5 @@
-"""``jobpool migrate`` and ``jobpool pool …``: the schema and the pools of a database.
+"""``jobpool migrate``, ``jobpool grant`` and ``jobpool pool …``: the schema, its roles and
+the pools of a database.
 
 These commands need only ``--dsn``: they work on one plain connection through
 ``jobpool.store.migrate`` and ``jobpool.store.pools``. ``migrate`` is safe to run from
@@ -28,6 +29,7 @@ from jobpool.errors import PoolNotFound
 from jobpool.models import Pool
 from jobpool.store.migrate import migrate, pending_migrations
 from jobpool.store.pools import pool_ensure, pool_get
+from jobpool.store.roles import ANY_TENANT, RoleKind, role_grant
 
 PANEL = "Administration"
 DEFAULT_SHARDS = 64
@@ -65,7 +67,9 @@ def migrate_command(
 
     Prints each migration it applies, or "schema is up to date". Before applying
     anything, it checks the migrations already applied against the shipped files: an
-    edited or missing one stops it with exit status 7.
+    edited or missing one stops it with exit status 7. It creates the group roles
+    jobpool_owner, jobpool_worker, jobpool_operator and jobpool_client when missing,
+    which needs CREATEROLE; without it, it names the roles an administrator must create.
     """
     target = require_dsn(dsn)
     if check:
@@ -91,6 +95,46 @@ async def _pending(dsn: str) -> list[str]:
 async def _migrate(dsn: str) -> list[str]:
     async with open_connection(dsn) as conn:
         return await migrate(conn)
+
+
+@command
+def grant_command(
+    role: Annotated[
+        str,
+        typer.Argument(metavar="LOGIN_ROLE", show_default=False, help="An existing login role."),
+    ],
+    kind: Annotated[
+        RoleKind,
+        typer.Argument(
+            metavar="KIND",
+            show_default=False,
+            help="owner (migrations), worker, operator or client.",
+        ),
+    ],
+    tenants: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tenant",
+            show_default=False,
+            help="A tenant a client role acts for (repeat for several; "
+            f"'{ANY_TENANT}' for any tenant: a trusted application).",
+        ),
+    ] = None,
+    dsn: DsnOption = None,
+) -> None:
+    """Grant a jobpool group role to a login role; bind a client role to its tenants.
+
+    Run it as an administrator (a member of jobpool_owner that may grant the group
+    role). A client role reaches only the jobs of the tenants it is bound to.
+    """
+    run(_grant(require_dsn(dsn), role, kind, tenants or []))
+    bound = f", tenants {', '.join(tenants)}" if tenants else ""
+    typer.echo(f"granted {kind.group} to {role}{bound}")
+
+
+async def _grant(dsn: str, role: str, kind: RoleKind, tenants: list[str]) -> None:
+    async with open_connection(dsn) as conn:
+        await role_grant(conn, role, kind, tenants=tenants)
 
 
 @pool_app.command("create")
@@ -158,6 +202,7 @@ async def _show(dsn: str, name: str) -> Pool:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``migrate`` and the ``pool`` command group to ``app``."""
+    """Add ``migrate``, ``grant`` and the ``pool`` command group to ``app``."""
     app.command("migrate", rich_help_panel=PANEL)(migrate_command)
+    app.command("grant", rich_help_panel=PANEL)(grant_command)
     app.add_typer(pool_app, rich_help_panel=PANEL)

@@ -21,6 +21,7 @@ from jobpool.client.dlq import DlqClient
 from jobpool.client.validation import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_BYTES_LIMIT,
     Item,
     SubmitOptions,
     as_items,
@@ -28,6 +29,7 @@ from jobpool.client.validation import (
 )
 from jobpool.errors import (
     BatchTooLarge,
+    InvalidInput,
     JobCancelled,
     JobFailed,
     JobNotFound,
@@ -69,6 +71,11 @@ class Client:
         self.dsn = dsn
         self.pool_name = check_pool_name(pool)
         self.tenant = check_tenant(tenant)
+        if not 1 <= max_payload_bytes <= MAX_PAYLOAD_BYTES_LIMIT:
+            raise InvalidInput(
+                f"max_payload_bytes must be from 1 to {MAX_PAYLOAD_BYTES_LIMIT}, "
+                f"got {max_payload_bytes}"
+            )
         self.max_payload_bytes = max_payload_bytes
         self.max_batch = max_batch
         self._max_connections = max_connections

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +44,13 @@ from jobpool.sharding import shard_for
 MAX_KEY_LENGTH = 512
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 DEFAULT_MAX_BATCH = 10_000
+MAX_PAYLOAD_BYTES_LIMIT = 8 * 1024 * 1024
+"""The largest ``max_payload_bytes`` a client may choose (the database refuses larger)."""
+MAX_ATTEMPTS_LIMIT = 1000
+"""The largest ``max_attempts`` of a job (a CHECK constraint of the database too)."""
+RUN_AT_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+RUN_AT_MAX = datetime(3000, 1, 1, tzinfo=UTC)
+"""A ``run_at`` must fall in [RUN_AT_MIN, RUN_AT_MAX) (a CHECK constraint too)."""
 MAX_LISTED_ITEMS = 20
 """An ``InvalidBatch`` message lists this many bad items; its ``items`` holds them all."""
 
@@ -112,11 +120,17 @@ def encode_payload(payload: Any, *, max_bytes: int, where: str = "payload") -> s
         size = len(text.encode())
     except (TypeError, ValueError, RecursionError) as exc:
         raise PayloadNotSerializable(f"{where} is not JSON-serialisable: {exc}") from None
-    if "\\u0000" in text:
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise PayloadNotSerializable(f"{where} holds a NUL character, which jsonb cannot store")
     if size > max_bytes:
         raise PayloadTooLarge(f"{where} is {size} bytes of JSON, over the limit of {max_bytes}")
     return text
+
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+"""``\\u0000`` preceded by an even number of backslashes: an escaped NUL character, not
+an escaped backslash followed by the text ``u0000`` (json.dumps escapes every other
+backslash, so the count of those before it decides)."""
 
 
 def _delay_seconds(delay: object) -> float:
@@ -132,9 +146,9 @@ def resolve_run_at(delay: object, run_at: object) -> datetime | None:
     if delay is not None and run_at is not None:
         raise InvalidSchedule("give either delay or run_at, not both")
     if run_at is not None:
-        if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+        if not isinstance(run_at, datetime) or run_at.utcoffset() is None:
             raise InvalidSchedule(f"run_at must be a timezone-aware datetime, got {run_at!r}")
-        return run_at
+        return _in_range(run_at)
     if delay is None:
         return None
     seconds = _delay_seconds(delay)
@@ -142,10 +156,26 @@ def resolve_run_at(delay: object, run_at: object) -> datetime | None:
         raise InvalidSchedule(f"delay must be a finite number of seconds, got {seconds}")
     if seconds < 0:
         raise InvalidSchedule(f"delay must not be negative, got {seconds} s")
+    if not seconds:
+        return None
     try:
-        return datetime.now(UTC) + timedelta(seconds=seconds) if seconds else None
+        return _in_range(datetime.now(UTC) + timedelta(seconds=seconds))
     except OverflowError:
         raise InvalidSchedule(f"delay of {seconds} s is past the end of time") from None
+
+
+def _in_range(run_at: datetime) -> datetime:
+    """``run_at`` in UTC, refused outside [RUN_AT_MIN, RUN_AT_MAX)."""
+    try:
+        utc = run_at.astimezone(UTC)
+    except OverflowError:
+        utc = None  # past year 9999 (or before year 1) once its offset is applied
+    if utc is None or not RUN_AT_MIN <= utc < RUN_AT_MAX:
+        raise InvalidSchedule(
+            f"run_at must be from {RUN_AT_MIN.isoformat()} to before {RUN_AT_MAX.isoformat()}, "
+            f"got {run_at.isoformat()}"
+        )
+    return utc
 
 
 def check_text(name: str, value: object) -> str | None:
@@ -164,8 +194,11 @@ def check_text(name: str, value: object) -> str | None:
 
 
 def _check_max_attempts(value: object) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InvalidInput(f"max_attempts must be an integer >= 1, got {value!r}")
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if value is not None and not (integer and 1 <= value <= MAX_ATTEMPTS_LIMIT):
+        raise InvalidInput(
+            f"max_attempts must be an integer >= 1 and <= {MAX_ATTEMPTS_LIMIT}, got {value!r}"
+        )
     return value
 
 

@@ -5,10 +5,15 @@ asyncpg reports a bad connection string in several ways (``ValueError``,
 in several more (``OSError``, ``PostgresError``, ``InterfaceError``). Callers get one
 of two errors instead: ``InvalidDsn`` or ``DatabaseUnavailable``, whose messages name
 the DSN without its password and never echo the password.
+
+Redaction holds for malformed DSNs too (no scheme, a password holding ``/`` or ``@``,
+libpq ``key=value`` strings): every span that could be a password is a candidate, and
+the label names only a well-formed ``postgresql://`` URI's parts.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +25,10 @@ from jobpool.errors import DatabaseUnavailable, InvalidDsn
 
 UNREACHABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 MALFORMED = (ValueError, OverflowError, asyncpg.ClientConfigurationError)
+_SCHEMES = frozenset({"postgres", "postgresql"})
 _WHERE_PARAMS = ("host", "port")
+_PASSWORD_CUTS = re.compile(r"[/?#@]")
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def dsn_label(dsn: str) -> str:
@@ -28,24 +36,34 @@ def dsn_label(dsn: str) -> str:
     ``host`` and ``port`` (``?host=/run/pg``): they say where."""
     try:
         parts = urlsplit(dsn)
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username
     except ValueError:
         return "<unparsable DSN>"
-    if not parts.scheme:
-        return "<unparsable DSN>"
+    if parts.scheme not in _SCHEMES or not dsn.startswith(f"{parts.scheme}://"):
+        return "<DSN without a postgresql:// scheme>"
+    if "@" in dsn.partition("://")[2][len(parts.netloc) :]:
+        return "<unparsable DSN>"  # an unescaped "/" before an "@": part of a password
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
     who = f"{user}@" if user else ""
     # A socket directory (?host=/run/pg) or a port given as a parameter says where.
     where = "&".join(f"{k}={v}" for k, v in parse_qsl(parts.query) if k in _WHERE_PARAMS)
-    return f"{parts.scheme}://{who}{host}{parts.path}{'?' + where if where else ''}"
+    return f"{parts.scheme}://{who}{hosts}{parts.path}{'?' + where if where else ''}"
 
 
 def dsn_secrets(dsn: str) -> set[str]:
-    """The password(s) a DSN carries, in the forms they could be printed in."""
-    rest = dsn.partition("://")[2]
-    authority = rest.split("/", 1)[0].split("?", 1)[0]
-    found = {part.rpartition("@")[0].partition(":")[2] for part in (rest, authority)}
+    """Every span of ``dsn`` that may be a password, in the forms it could be printed in.
+
+    After the scheme (or from the start, without one), for each ``@``: what follows the
+    first ``:`` before it, whole and cut at each ``/ ? # @`` (where a parser may have cut
+    it); and the ``password=`` values of the query string and of libpq ``key=value``.
+    """
+    rest = dsn.partition("://")[2] or dsn
+    found: set[str] = set()
+    for at in (index for index, char in enumerate(rest) if char == "@"):
+        password = rest[:at].partition(":")[2]
+        found |= {password, *_PASSWORD_CUTS.split(password)}
     found |= {value for key, value in parse_qsl(dsn.partition("?")[2]) if key == "password"}
+    found |= {match.strip("'") for match in _KEYWORD_PASSWORD.findall(dsn)}
     found |= {unquote(value) for value in found}
     return {value for value in found if value}
 

@@ -11,11 +11,15 @@ from datetime import timedelta
 from asyncpg import Connection
 
 from jobpool.errors import DlqEntryAlreadyReplayed, DlqEntryNotFound, InvalidInput
-from jobpool.models import DlqEntry, DlqId, DlqPage
+from jobpool.models import DlqEntry, DlqId, DlqPage, check_job_type
 from jobpool.store import rows
 from jobpool.store.queries import QUERIES
 
 _MAX_BIGINT = 2**63 - 1
+MAX_PAGE = 1000
+MAX_OLDER_THAN = timedelta(days=36_500)
+"""A purge reaches back at most a hundred years: far older is no entry, and past it
+the database's clock arithmetic would overflow."""
 
 
 def _decode_cursor(cursor: str | None) -> int:
@@ -47,9 +51,11 @@ async def dlq_list(
     cursor: str | None = None,
 ) -> DlqPage:
     """One page of the tenant's unreplayed entries, oldest first."""
-    if not 1 <= limit <= 1000:
-        raise InvalidInput(f"limit must be between 1 and 1000, got {limit}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
     after = _decode_cursor(cursor)
+    if type is not None:
+        check_job_type(type)
     if type is None:
         found = await conn.fetch(QUERIES["dlq_list"], pool, tenant, after, limit + 1)
     else:
@@ -82,8 +88,11 @@ async def dlq_purge(
     conn: Connection, pool: str, tenant: str | None, *, older_than: timedelta
 ) -> int:
     """Delete replayed entries older than ``older_than``; ``tenant=None`` means all."""
-    if older_than < timedelta(0):
-        raise InvalidInput(f"older_than must not be negative, got {older_than}")
+    if not isinstance(older_than, timedelta) or not timedelta(0) <= older_than <= MAX_OLDER_THAN:
+        raise InvalidInput(
+            f"older_than must be a timedelta from 0 to {MAX_OLDER_THAN.days} days, "
+            f"got {older_than!r}"
+        )
     return int(await conn.fetchval(QUERIES["dlq_purge"], pool, older_than, tenant))
 
 

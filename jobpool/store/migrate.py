@@ -16,10 +16,19 @@ Design:
   find nothing left to do.
 * Each file and its bookkeeping row commit in one transaction, so a failed file leaves
   no trace and the next run retries it.
+* Roles: before applying anything, the group roles :data:`ROLES` must exist (they are
+  cluster-wide). Missing ones are created when the migrating role may (``CREATEROLE``);
+  otherwise :class:`~jobpool.errors.MigrationRolesMissing` names them and how to create
+  them, so ``migrate`` works without ``CREATEROLE`` once an administrator has. The
+  migrating role must be a member of ``jobpool_owner``, which owns every object: once
+  it does (migration 0003 hands the schema over), files run as ``jobpool_owner``.
+* With nothing pending, ``migrate`` writes nothing and needs no privilege beyond
+  reading ``jobpool_migrations``: a worker or the operator may call it at start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from pathlib import Path
@@ -27,13 +36,16 @@ from pathlib import Path
 import asyncpg
 from pydantic import BaseModel, ConfigDict
 
-from jobpool.errors import MigrationChanged, MigrationError
+from jobpool.errors import MigrationChanged, MigrationError, MigrationRolesMissing
 from jobpool.store.queries import QUERIES
 
 MIGRATIONS_DIR: Path = Path(__file__).resolve().parent.parent / "migrations"
 
 MIGRATION_LOCK_KEY: int = 0x6A6F62706F6F6C4D
 """Key of the ``pg_advisory_lock`` held while migrating: ASCII ``"jobpoolM"`` as a bigint."""
+
+ROLES: tuple[str, ...] = ("jobpool_owner", "jobpool_worker", "jobpool_operator", "jobpool_client")
+"""The group roles of the security model (NOLOGIN); ``jobpool_owner`` owns the schema."""
 
 _FILE_NAME = re.compile(r"(\d{4})_[A-Za-z0-9_]+\.sql", re.ASCII)
 
@@ -85,11 +97,16 @@ async def migrate(conn: asyncpg.Connection, *, directory: Path = MIGRATIONS_DIR)
         raise MigrationError("migrate() commits each file itself: call it outside a transaction")
     await conn.execute(QUERIES["migration_lock"], MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(QUERIES["migration_table_create"])
-        pending = _verify(migrations, await _applied(conn))
+        exists = await conn.fetchval(QUERIES["migration_table_exists"])
+        pending = _verify(migrations, await _applied(conn) if exists else {})
+        if pending:
+            await _prepare_roles(conn)
+            await conn.execute(QUERIES["migration_table_create"])
         for migration in pending:
             try:
                 async with conn.transaction():
+                    if await conn.fetchval(QUERIES["migration_owner_ready"]):
+                        await conn.execute(QUERIES["migration_set_owner_role"])
                     await conn.execute(migration.sql)
                     await conn.execute(
                         QUERIES["migration_record"], migration.name, migration.checksum
@@ -113,6 +130,32 @@ async def pending_migrations(
     exists = await conn.fetchval(QUERIES["migration_table_exists"])
     applied = await _applied(conn) if exists else {}
     return [migration.name for migration in _verify(migrations, applied)]
+
+
+async def _prepare_roles(conn: asyncpg.Connection) -> None:
+    """Create the missing group roles (or say how to) and join ``jobpool_owner``."""
+    user = await conn.fetchval(QUERIES["role_current"])
+    missing: list[str] = await conn.fetchval(QUERIES["role_missing"], list(ROLES))
+    if missing and not await conn.fetchval(QUERIES["role_may_create"]):
+        creates = " ".join(f"CREATE ROLE {role} NOLOGIN;" for role in missing)
+        raise MigrationRolesMissing(
+            f"role(s) {', '.join(missing)} do not exist and {user} may not create them "
+            f"(it lacks CREATEROLE): as an administrator run `{creates} "
+            f"GRANT jobpool_owner TO {user};` then migrate again"
+        )
+    for role in missing:
+        # Created meanwhile by a migration of another database: as good.
+        with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+            await conn.execute(await conn.fetchval(QUERIES["role_create"], role))
+    if await conn.fetchval(QUERIES["role_is_owner"]):
+        return
+    try:
+        await conn.execute(await conn.fetchval(QUERIES["role_grant"], "jobpool_owner", user))
+    except asyncpg.InsufficientPrivilegeError:
+        raise MigrationRolesMissing(
+            f"{user} is not a member of jobpool_owner, which owns the schema: as an "
+            f"administrator run `GRANT jobpool_owner TO {user};` then migrate again"
+        ) from None
 
 
 async def _applied(conn: asyncpg.Connection) -> dict[str, str]:

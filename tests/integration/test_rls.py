@@ -1,24 +1,22 @@
-"""Tenant isolation is enforced by Postgres row-level security, not only by the client.
+"""Tenant isolation is enforced by Postgres against a hostile client, not only by the client.
 
-The proof needs a role that RLS actually binds: the suites' usual connections are
-superuser (and table owner), which RLS never restricts. Each test here creates a fresh
-LOGIN role that is a member of ``jobpool_client`` and nothing more: not superuser, no
-BYPASSRLS, owner of no table. Data of two tenants, ``acme`` and ``globex``, is written
-by superuser clients and ``FakeWorker``; then, connected as that role, raw SQL and the
-Client API may see and change only the rows of the tenant named by the
-``jobpool.tenant`` setting, and nothing at all without it.
+The proof needs roles that RLS binds: the suite's usual connections are superuser,
+which RLS never restricts. Each test here creates fresh LOGIN roles that are members
+of one jobpool group role and nothing more (not superuser, no BYPASSRLS, owner of no
+table), bound to tenants with ``jobpool.store.roles.role_grant`` — what ``jobpool
+grant`` runs. Data of two tenants, ``acme`` and ``globex``, is written by superuser
+clients and ``FakeWorker``; then, connected as those roles, raw SQL and the Client API
+reach only what the tenant map allows, whatever the session's ``jobpool.tenant`` says.
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from urllib.parse import parse_qsl, quote, urlencode
 
 import asyncpg
 import pg
@@ -27,40 +25,25 @@ import pytest_asyncio
 from worker_helpers import FakeWorker
 
 from jobpool import CancelOutcome, Client, JobState
-from jobpool.errors import DlqEntryNotFound, JobNotFound
+from jobpool.errors import AccessDenied, DlqEntryNotFound, JobNotFound
 from jobpool.models import DlqId, JobId, Pool
+from jobpool.store.roles import RoleKind, role_grant
 
 TABLES = {"jobs": "tenant", "job_history": "tenant", "job_dlq": "app_id"}
 RLS_VIOLATION = "new row violates row-level security policy"
-
-_URI = re.compile(r"(?P<scheme>postgres(?:ql)?://)(?:[^@/?#]*@)?(?P<hosts>[^/?#]*)(?P<rest>.*)")
-
-
-def with_user(dsn: str, user: str, password: str) -> str:
-    """``dsn`` with its credentials replaced by ``user``/``password`` (URI form only)."""
-    match = _URI.fullmatch(dsn)
-    if match is None:
-        raise ValueError("expected a postgresql:// URI")
-    rest = match["rest"]
-    path, question, query = rest.partition("?")
-    if question:
-        params = parse_qsl(query, keep_blank_values=True)
-        kept = [(k, v) for k, v in params if k not in {"user", "password"}]
-        path += f"?{urlencode(kept, safe='/')}" if kept else ""
-    userinfo = f"{quote(user, safe='')}:{quote(password, safe='')}@"
-    return f"{match['scheme']}{userinfo}{match['hosts']}{path}"
+DENIED = "permission denied"
 
 
 def test_with_user_rewrites_only_the_credentials() -> None:
     assert (
-        with_user("postgresql://postgres:@/db1?host=/tmp/s", "app", "pw")
+        pg.with_user("postgresql://postgres:@/db1?host=/tmp/s", "app", "pw")
         == "postgresql://app:pw@/db1?host=/tmp/s"
     )
     assert (
-        with_user("postgresql://u:p%40ss@h:5432/db?user=x&sslmode=require", "app", "p@ss")
+        pg.with_user("postgresql://u:p%40ss@h:5432/db?user=x&sslmode=require", "app", "p@ss")
         == "postgresql://app:p%40ss@h:5432/db?sslmode=require"
     )
-    assert with_user("postgresql://h/db", "app", "pw") == "postgresql://app:pw@h/db"
+    assert pg.with_user("postgresql://h/db", "app", "pw") == "postgresql://app:pw@h/db"
 
 
 # -- fixtures ------------------------------------------------------------------------
@@ -68,13 +51,13 @@ def test_with_user_rewrites_only_the_credentials() -> None:
 
 @dataclass
 class App:
-    """The unprivileged application role of one test."""
+    """A login role of one test, with nothing but its jobpool group role."""
 
     role: str
     dsn: str
 
     async def connect(self, tenant: str | None) -> asyncpg.Connection:
-        """A raw connection as the role, its session bound to ``tenant`` (or to none)."""
+        """A raw connection as the role, its session setting naming ``tenant`` (or none)."""
         settings = {} if tenant is None else {"jobpool.tenant": tenant}
         return await asyncpg.connect(self.dsn, server_settings=settings)
 
@@ -82,22 +65,36 @@ class App:
         return Client(self.dsn, pool="emails", tenant=tenant)
 
 
+MakeRole = Callable[..., Awaitable[App]]
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def app(conn: asyncpg.Connection, dsn: str) -> AsyncIterator[App]:
-    """A fresh LOGIN role in ``jobpool_client``; revoked and dropped after the test."""
-    role = f"jp_app_{uuid.uuid4().hex[:12]}"
-    password = secrets.token_hex(16)
-    ident = pg.quote_ident(role)
-    await conn.execute(
-        f"CREATE ROLE {ident} LOGIN PASSWORD '{password}'"
-        " NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT"
-    )
-    try:
-        await conn.execute(f"GRANT jobpool_client TO {ident}")
-        yield App(role=role, dsn=with_user(dsn, role, password))
-    finally:
-        await conn.execute(f"REVOKE jobpool_client FROM {ident}")
-        await conn.execute(f"DROP ROLE {ident}")
+async def make_role(conn: asyncpg.Connection, dsn: str) -> AsyncIterator[MakeRole]:
+    """``await make_role(kind, tenants)``: a fresh LOGIN role granted ``kind`` (bound to
+    ``tenants`` for a client; none: bound to no tenant); dropped after the test."""
+    made: list[str] = []
+
+    async def make(kind: RoleKind = RoleKind.CLIENT, tenants: list[str] | None = None) -> App:
+        role = f"jp_app_{uuid.uuid4().hex[:12]}"
+        password = secrets.token_hex(16)
+        await pg.create_login_role(conn, role, password, groups=())
+        made.append(role)
+        if kind is RoleKind.CLIENT and not tenants:
+            await conn.execute(f"GRANT jobpool_client TO {pg.quote_ident(role)}")
+        else:
+            await role_grant(conn, role, kind, tenants=tenants or [])
+        return App(role=role, dsn=pg.with_user(dsn, role, password))
+
+    yield make
+    for role in made:
+        await conn.execute("DELETE FROM jobpool_tenant_roles WHERE role = $1", role)
+        await conn.execute(f"DROP ROLE {pg.quote_ident(role)}")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def app(make_role: MakeRole) -> App:
+    """A client role bound to tenant ``acme`` only."""
+    return await make_role(RoleKind.CLIENT, ["acme"])
 
 
 @dataclass
@@ -201,7 +198,7 @@ async def test_the_app_role_is_unprivileged_and_rls_is_on(
     assert {t["relname"] for t in tables} == set(TABLES)
     for table in tables:
         assert table["relrowsecurity"], f"RLS is off on {table['relname']}"
-        assert table["owner"] != app.role
+        assert table["owner"] == "jobpool_owner"
     raw = await app.connect("acme")
     try:
         assert await raw.fetchval("SELECT current_user") == app.role
@@ -235,32 +232,62 @@ async def test_raw_selects_see_only_the_session_tenants_rows(
         await raw.close()
 
 
-async def test_raw_update_and_delete_of_other_tenants_rows_change_nothing(
+async def test_attack_naming_another_tenant_in_the_setting_reaches_nothing(
     app: App, conn: asyncpg.Connection, data: dict[str, TenantData]
 ) -> None:
+    """Issue 10, attack 1: ``SET jobpool.tenant = 'globex'`` by acme's role, then reads,
+    writes and a purge of globex's replayed entry: nothing is seen, nothing changes."""
     before = await snapshot(conn, "globex")
     raw = await app.connect("acme")
     try:
-        for table, column in TABLES.items():
-            where = f"WHERE {column} = 'globex'"
-            assert await raw.execute(f"UPDATE {table} SET type = 'hijacked' {where}") == "UPDATE 0"
-            assert await raw.execute(f"DELETE FROM {table} {where}") == "DELETE 0"
-        target = data["globex"].queued[0]
-        assert await raw.execute("DELETE FROM jobs WHERE id = $1", target) == "DELETE 0"
-        assert (
-            await raw.execute("UPDATE job_dlq SET replayed_at = now() WHERE id = $1",
-                              data["globex"].dlq_pending[0])
-            == "UPDATE 0"
-        )  # fmt: skip
-        # An unfiltered DELETE reaches the session tenant's rows only (rolled back).
-        acme = await owner_counts(conn, "acme")
-        async with rolled_back(raw):
-            for table in TABLES:
-                assert await raw.execute(f"DELETE FROM {table}") == f"DELETE {acme[table]}"
+        await raw.execute("SET jobpool.tenant = 'globex'")
+        assert await visible_counts(raw) == {table: 0 for table in TABLES}
+        globex_job = data["globex"].queued[0]
+        assert await raw.fetchrow("SELECT * FROM jobs WHERE id = $1", globex_job) is None
+        purged = await raw.fetchval("SELECT jobpool_dlq_purge('emails', interval '0', 'globex')")
+        assert purged == 0
+        cancelled = "UPDATE jobs SET cancel_requested_at = now() WHERE id = $1"
+        assert await raw.execute(cancelled, globex_job) == "UPDATE 0"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match=RLS_VIOLATION):
+            await raw.execute(INSERT_JOB, "globex")
+        # A transaction-local setting is no different.
+        async with raw.transaction():
+            await raw.execute("SELECT set_config('jobpool.tenant', 'globex', true)")
+            assert await visible_counts(raw) == {table: 0 for table in TABLES}
     finally:
         await raw.close()
     assert await snapshot(conn, "globex") == before
-    assert await owner_counts(conn, "acme") == {"jobs": 3, "job_history": 3, "job_dlq": 2}
+
+
+async def test_raw_writes_beyond_the_client_grants_are_refused(
+    app: App, conn: asyncpg.Connection, data: dict[str, TenantData]
+) -> None:
+    """Issue 10, attack 4: a client may not update jobs (but to request a cancel),
+    delete them, or write history; it may not even touch its own tenant's rows so."""
+    before = await snapshot(conn, "acme")
+    mine = data["acme"].queued[0]
+    raw = await app.connect("acme")
+    try:
+        refused = [
+            ("UPDATE jobs SET type = 'hijacked' WHERE id = $1", mine),
+            ("UPDATE jobs SET state = 'running', worker = 'forged' WHERE id = $1", mine),
+            ("UPDATE jobs SET tenant = 'globex' WHERE id = $1", mine),
+            ("DELETE FROM jobs WHERE id = $1", mine),
+            ("UPDATE job_history SET result = '1' WHERE id = $1", data["acme"].succeeded[0]),
+            ("DELETE FROM job_history WHERE id = $1", data["acme"].succeeded[0]),
+            ("UPDATE job_dlq SET payload = '1' WHERE id = $1", data["acme"].dlq_pending[0]),
+        ]
+        for statement, target in refused:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=DENIED):
+                await raw.execute(statement, target)
+        for insert in (INSERT_HISTORY, INSERT_DLQ, INSERT_RUNNING):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=DENIED):
+                await raw.execute(insert, "acme")
+        # Unreplayed dead letters cannot be deleted, even the tenant's own.
+        assert await raw.execute("DELETE FROM job_dlq WHERE replayed_at IS NULL") == "DELETE 0"
+    finally:
+        await raw.close()
+    assert await snapshot(conn, "acme") == before
 
 
 @asynccontextmanager
@@ -278,10 +305,15 @@ INSERT_JOB = (
     "INSERT INTO jobs (id, pool, tenant, shard, type, priority, payload)"
     " VALUES (gen_random_uuid(), 'emails', $1, 0, 'send_email', 1, '{}')"
 )
+INSERT_RUNNING = (
+    "INSERT INTO jobs (id, pool, tenant, shard, type, priority, payload, state, worker,"
+    " lease_epoch) VALUES (gen_random_uuid(), 'emails', $1, 0, 'send_email', 1, '{}',"
+    " 'running', 'forged', 99)"
+)
 INSERT_HISTORY = (
     "INSERT INTO job_history (id, pool, tenant, shard, type, priority, state, payload,"
-    " attempts, created_at) VALUES (gen_random_uuid(), 'emails', $1, 0, 'send_email', 1,"
-    " 'succeeded', '{}', 1, now())"
+    " attempts, created_at, result) VALUES (gen_random_uuid(), 'emails', $1, 0,"
+    " 'send_email', 1, 'succeeded', '{}', 1, now(), '\"forged\"')"
 )
 INSERT_DLQ = (
     "INSERT INTO job_dlq (pool, original_job_id, app_id, type, payload, error_reason,"
@@ -289,42 +321,24 @@ INSERT_DLQ = (
 )
 
 
-@pytest.mark.parametrize("insert", [INSERT_JOB, INSERT_HISTORY, INSERT_DLQ])
-async def test_raw_insert_of_another_tenants_row_is_rejected(
-    app: App, conn: asyncpg.Connection, data: dict[str, TenantData], insert: str
+async def test_raw_insert_of_another_tenants_job_is_rejected_by_the_policy(
+    app: App, conn: asyncpg.Connection, data: dict[str, TenantData]
 ) -> None:
     before = await owner_counts(conn, "globex")
     raw = await app.connect("acme")
     try:
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match=RLS_VIOLATION):
-            await raw.execute(insert, "globex")
-        # The same statement for the session's own tenant is allowed (then rolled back):
+            await raw.execute(INSERT_JOB, "globex")
+        # The same statement for the role's own tenant is allowed (then rolled back):
         # it was the policy that refused, not a missing grant.
         async with rolled_back(raw):
-            assert await raw.execute(insert, "acme") == "INSERT 0 1"
+            assert await raw.execute(INSERT_JOB, "acme") == "INSERT 0 1"
     finally:
         await raw.close()
     assert await owner_counts(conn, "globex") == before
 
 
-async def test_raw_update_moving_a_row_to_another_tenant_is_rejected(
-    app: App, conn: asyncpg.Connection, data: dict[str, TenantData]
-) -> None:
-    mine = data["acme"].queued[0]
-    raw = await app.connect("acme")
-    try:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match=RLS_VIOLATION):
-            await raw.execute("UPDATE jobs SET tenant = 'globex' WHERE id = $1", mine)
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match=RLS_VIOLATION):
-            await raw.execute(
-                "UPDATE job_dlq SET app_id = 'globex' WHERE id = $1", data["acme"].dlq_pending[0]
-            )
-    finally:
-        await raw.close()
-    assert await conn.fetchval("SELECT tenant FROM jobs WHERE id = $1", mine) == "acme"
-
-
-async def test_raw_purge_function_for_all_tenants_purges_only_the_session_tenant(
+async def test_raw_purge_for_all_tenants_purges_only_the_roles_tenant(
     app: App, conn: asyncpg.Connection, data: dict[str, TenantData]
 ) -> None:
     raw = await app.connect("acme")
@@ -346,8 +360,7 @@ async def test_without_a_tenant_setting_the_role_sees_and_changes_nothing(
     try:
         assert await raw.fetchval("SELECT current_setting('jobpool.tenant', true)") is None
         assert await visible_counts(raw) == {table: 0 for table in TABLES}
-        for table in TABLES:
-            assert await raw.execute(f"DELETE FROM {table}") == "DELETE 0"
+        assert await raw.execute("DELETE FROM job_dlq") == "DELETE 0"
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match=RLS_VIOLATION):
             await raw.execute(INSERT_JOB, "acme")
         # A transaction-local setting (what ``enqueue`` uses) opens acme for that
@@ -358,6 +371,58 @@ async def test_without_a_tenant_setting_the_role_sees_and_changes_nothing(
         assert await visible_counts(raw) == {table: 0 for table in TABLES}
     finally:
         await raw.close()
+
+
+async def test_a_role_bound_to_two_tenants_switches_between_those_only(
+    make_role: MakeRole, conn: asyncpg.Connection, data: dict[str, TenantData]
+) -> None:
+    both = await make_role(RoleKind.CLIENT, ["acme", "globex"])
+    for tenant in ("acme", "globex"):
+        raw = await both.connect(tenant)
+        try:
+            assert await visible_counts(raw) == await owner_counts(conn, tenant)
+            await raw.execute("SET jobpool.tenant = 'initech'")
+            assert await visible_counts(raw) == {table: 0 for table in TABLES}
+        finally:
+            await raw.close()
+
+
+async def test_a_trusted_application_role_may_name_any_tenant(
+    make_role: MakeRole, conn: asyncpg.Connection, data: dict[str, TenantData]
+) -> None:
+    """The shared-role mode of before, now chosen explicitly: bound to '*'."""
+    trusted = await make_role(RoleKind.CLIENT, ["*"])
+    raw = await trusted.connect("globex")
+    try:
+        assert await visible_counts(raw) == await owner_counts(conn, "globex")
+        await raw.execute("SET jobpool.tenant = 'acme'")
+        assert await visible_counts(raw) == await owner_counts(conn, "acme")
+    finally:
+        await raw.close()
+
+
+async def test_a_client_role_bound_to_no_tenant_reaches_nothing(
+    make_role: MakeRole, data: dict[str, TenantData]
+) -> None:
+    unbound = await make_role(RoleKind.CLIENT, None)
+    async with unbound.client("acme") as jp:
+        with pytest.raises(AccessDenied, match="may not submit jobs for tenant 'acme'"):
+            await jp.submit("send_email", {"to": "a@example.com"})
+        with pytest.raises(JobNotFound):
+            await jp.status(data["acme"].queued[0])
+        assert (await jp.dlq.list()).entries == ()
+
+
+async def test_a_role_seeing_the_tenant_map_sees_only_its_own_bindings(
+    app: App, make_role: MakeRole
+) -> None:
+    await make_role(RoleKind.CLIENT, ["globex"])
+    raw = await app.connect("acme")
+    try:
+        rows = await raw.fetch("SELECT tenant, role::text FROM jobpool_tenant_roles")
+    finally:
+        await raw.close()
+    assert [tuple(r) for r in rows] == [("acme", app.role)]
 
 
 # -- the Client API as the app role --------------------------------------------------
@@ -388,40 +453,64 @@ async def test_client_as_acme_cannot_reach_globex_jobs_or_dlq_entries(
     assert globex.dlq_replayed in {r["id"] for r in await conn.fetch("SELECT id FROM job_dlq")}
 
 
-async def test_client_as_acme_runs_its_own_jobs_under_rls(
-    app: App, conn: asyncpg.Connection, pool: Pool, data: dict[str, TenantData]
+async def test_a_client_of_a_tenant_its_role_is_not_bound_to_reaches_nothing(
+    app: App, conn: asyncpg.Connection, data: dict[str, TenantData]
 ) -> None:
-    """The role has every grant it needs: RLS narrows what it sees, not what it may do."""
-    worker = await FakeWorker(conn, pool=pool.name).start()
-    async with app.client("acme") as jp:
-        assert (await jp.status(data["acme"].succeeded[0])).state is JobState.SUCCEEDED
-        assert await jp.cancel(data["acme"].queued[0]) is CancelOutcome.CANCELLED
-        job = await jp.submit("send_email", {"to": "a@example.com"})
-        replay = await jp.dlq.replay(data["acme"].dlq_pending[0])
-        # The worker (schema owner) sees every tenant's queue.
-        claimed = await worker.claim()
-        assert job.id in {c.id for c in claimed}
-        assert replay.id in {c.id for c in claimed}
-        await worker.succeed([job], {"sent": True})
-        assert await jp.result(job.id, timeout=5) == {"sent": True}
-    # enqueue() binds the caller's transaction to the tenant with set_config(local).
-    async with app.client("acme") as jp:
-        raw = await app.connect(None)
-        try:
-            async with raw.transaction():
-                enqueued = await jp.enqueue(raw, "send_email", {"n": 1})
-            assert await raw.fetchval("SELECT count(*) FROM jobs") == 0
-        finally:
-            await raw.close()
-        assert (await jp.status(enqueued.id)).state is JobState.QUEUED
-    assert await conn.fetchval("SELECT tenant FROM jobs WHERE id = $1", enqueued.id) == "acme"
+    before = await snapshot(conn, "globex")
+    async with app.client("globex") as jp:
+        with pytest.raises(JobNotFound):
+            await jp.status(data["globex"].queued[0])
+        with pytest.raises(JobNotFound):
+            await jp.cancel(data["globex"].queued[0])
+        assert (await jp.dlq.list()).entries == ()
+        assert await jp.dlq.purge(older_than=timedelta(0)) == 0
+        with pytest.raises(AccessDenied):
+            await jp.submit("send_email", {"to": "b@example.com"})
+    assert await snapshot(conn, "globex") == before
+
+
+async def test_client_as_acme_runs_its_own_jobs_under_rls(
+    app: App, make_role: MakeRole, pool: Pool, data: dict[str, TenantData]
+) -> None:
+    """The role has every grant it needs: RLS narrows what it sees, not what it may do;
+    and a worker role serves every tenant."""
+    worker_role = await make_role(RoleKind.WORKER)
+    worker_conn = await asyncpg.connect(worker_role.dsn)
+    try:
+        worker = await FakeWorker(worker_conn, pool=pool.name).start()
+        async with app.client("acme") as jp:
+            assert (await jp.status(data["acme"].succeeded[0])).state is JobState.SUCCEEDED
+            assert await jp.cancel(data["acme"].queued[0]) is CancelOutcome.CANCELLED
+            assert (await jp.status(data["acme"].queued[0])).state is JobState.CANCELLED
+            job = await jp.submit("send_email", {"to": "a@example.com"})
+            running = await jp.submit("send_email", {"to": "b@example.com"})
+            replay = await jp.dlq.replay(data["acme"].dlq_pending[0])
+            claimed = {c.id for c in await worker.claim()}
+            assert {job.id, running.id, replay.id, *data["globex"].queued} <= claimed
+            assert await jp.cancel(running.id) is CancelOutcome.CANCEL_REQUESTED
+            assert (await jp.status(running.id)).cancel_requested
+            await worker.succeed([job], {"sent": True})
+            assert await jp.result(job.id, timeout=5) == {"sent": True}
+        # enqueue() binds the caller's transaction to the tenant with set_config(local).
+        async with app.client("acme") as jp:
+            raw = await app.connect(None)
+            try:
+                async with raw.transaction():
+                    enqueued = await jp.enqueue(raw, "send_email", {"n": 1})
+                assert await raw.fetchval("SELECT count(*) FROM jobs") == 0
+            finally:
+                await raw.close()
+            assert (await jp.status(enqueued.id)).state is JobState.QUEUED
+    finally:
+        await worker_conn.close()
 
 
 async def test_same_role_bound_to_globex_sees_only_globex(
-    app: App, conn: asyncpg.Connection, data: dict[str, TenantData]
+    make_role: MakeRole, conn: asyncpg.Connection, data: dict[str, TenantData]
 ) -> None:
+    globex_app = await make_role(RoleKind.CLIENT, ["globex"])
     globex, acme = data["globex"], data["acme"]
-    async with app.client("globex") as jp:
+    async with globex_app.client("globex") as jp:
         async with jp.connection() as session:
             assert await visible_counts(session) == await owner_counts(conn, "globex")
         assert (await jp.status(globex.queued[0])).tenant == "globex"
@@ -431,8 +520,3 @@ async def test_same_role_bound_to_globex_sees_only_globex(
         assert [e.id for e in (await jp.dlq.list()).entries] == globex.dlq_pending
         with pytest.raises(DlqEntryNotFound):
             await jp.dlq.get(acme.dlq_pending[0])
-    raw = await app.connect("globex")
-    try:
-        assert await visible_counts(raw) == {"jobs": 4, "job_history": 5, "job_dlq": 3}
-    finally:
-        await raw.close()

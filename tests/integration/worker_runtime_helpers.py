@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pg
 from prometheus_client import REGISTRY
 
 from jobpool import Client
@@ -42,9 +43,10 @@ WHERE application_name LIKE 'jobpool-worker/%' AND datname = current_database()
 
 
 def worker_settings(dsn: str, **overrides: Any) -> WorkerSettings:
-    """Settings for a test worker: pool ``emails``, ordinal 0, no metrics port, fast retries."""
+    """Settings for a test worker: pool ``emails``, ordinal 0, no metrics port, fast retries;
+    it connects as the suite's ``jobpool_worker`` login role, as a deployed worker does."""
     defaults: dict[str, Any] = {
-        "dsn": dsn,
+        "dsn": pg.as_role(dsn, pg.WORKER),
         "pool": POOL,
         "ordinal": 0,
         "metrics_port": None,
