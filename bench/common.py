@@ -12,6 +12,7 @@ pool in it (:func:`fresh_database`), so runs do not see each other's rows.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -39,6 +40,7 @@ if str(REPO_ROOT) not in sys.path:  # ``tests.pg`` lives next to ``bench``
 from jobpool.store.embedded import throwaway_server  # noqa: E402
 from jobpool.store.migrate import migrate  # noqa: E402
 from jobpool.store.pools import pool_ensure  # noqa: E402
+from jobpool.worker.settings import WorkerSettings  # noqa: E402
 from tests.pg import (  # noqa: E402
     create_database,
     drop_database,
@@ -50,6 +52,10 @@ from tests.pg import (  # noqa: E402
 DSN_ENV = "JOBPOOL_BENCH_DSN"
 POOL = "bench"
 TENANT = "bench"
+
+# What a user gets without choosing: benchmarks measure these first.
+DEFAULT_SHARDS = 64  # `jobpool pool create`'s and the JobPool resource's default
+DEFAULT_CONCURRENCY: int = WorkerSettings.model_fields["concurrency"].default
 
 # Server settings printed with every result: without them a figure means little.
 REPORTED_SETTINGS = (
@@ -64,6 +70,8 @@ REPORTED_SETTINGS = (
 )
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_SHARDS",
     "DSN_ENV",
     "POOL",
     "TENANT",
@@ -78,12 +86,14 @@ __all__ = [
     "fmt_rate",
     "fresh_database",
     "host_load",
+    "int_list",
     "median",
     "percentile",
     "print_json",
     "print_table",
     "process_cpu_seconds",
     "quote_ident",
+    "relative_to_first",
     "server_info",
     "summarize",
     "wait_for_workers",
@@ -560,6 +570,29 @@ def print_json(
         "host_load": load or {},
     }
     print(json.dumps(document, indent=2), file=file or sys.stdout)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """An ``argparse`` type: one or more positive integers, comma-separated (``8,256``)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas: {text}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be >= 1: {text}")
+    return values
+
+
+def relative_to_first(summaries: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], str]:
+    """A table cell: a scenario's median as a multiple of the first scenario's."""
+    first = summaries[0]["median"] if summaries else None
+
+    def cell(summary: dict[str, Any]) -> str:
+        if not first or summary["median"] is None:
+            return "-"
+        return f"{summary['median'] / first:.2f}"
+
+    return cell
 
 
 def fmt_rate(value: float | None) -> str:

@@ -11,6 +11,14 @@ statistics, as in the first minute of a new database). The clock starts when the
 is set to R (as ``jobpool ring`` does: the workers take their shards and start claiming
 at once), so process start-up is not timed, the lease take-over is.
 
+The product's defaults come first: 64 shards (``jobpool pool create``'s default), one
+tenant, one worker at the worker's default concurrency. ``--shards``, ``--tenants``,
+``--workers`` and ``--concurrency`` take comma-separated lists (``--shards 8,256``):
+every combination is a scenario, the runs are interleaved (run 1 of each, then run 2,
+...) so that the host's load falls on all alike, and the table shows each median as a
+multiple of the first scenario's. With T tenants the backlog is spread evenly over
+them (``tenant-0`` ... ``tenant-<T-1>``) before the clock starts.
+
 Modes:
 
 * default     drain all N jobs; rate = N / (last ``finished_at`` - start), both on the
@@ -19,15 +27,16 @@ Modes:
 * --backlog   the rate of the first K jobs finished with a backlog of ``--small``
               (10,000) queued jobs, and with ``--large`` (1,000,000); K must be below
               the small backlog, so that neither run reaches the queue's tail. Reports
-              both rates and the ratio large/small (DESIGN.md wants >= 0.8).
+              both rates and the ratio large/small (the target: at least 0.8).
 
 Also shown: the time from the ring change to the first job started; the CPU time of
 the worker processes and of their Postgres backends per job (read from /proc, so only
 for a server on this host: on a shared, busy host a steadier figure than the rate);
-the largest peak RSS (VmHWM) among the workers (DESIGN.md wants it flat with the
-backlog).
+the largest peak RSS (VmHWM) among the workers (it should stay flat with the
+backlog; run ``--concurrency 256`` for the memory of a busy worker).
 
-Run from the repository root: ``.venv/bin/python bench/drain.py [--backlog] [--quick]``.
+Run from the repository root: ``.venv/bin/python bench/drain.py [--backlog] [--quick]``;
+e.g. ``--shards 8,256``, ``--tenants 1,10000``, ``--workers 1,2,4``.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 import asyncpg
 
 from bench.common import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_SHARDS,
     DSN_ENV,
     POOL,
     TENANT,
@@ -57,10 +68,12 @@ from bench.common import (
     fmt_rate,
     fresh_database,
     host_load,
+    int_list,
     median,
     print_json,
     print_table,
     process_cpu_seconds,
+    relative_to_first,
     server_info,
     summarize,
     wait_for_workers,
@@ -78,25 +91,55 @@ DRAIN_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
-class Config:
-    jobs: int
+class Case:
+    """One combination of the settings compared."""
+
+    shards: int
+    tenants: int
     workers: int
     concurrency: int
+
+    def params(self) -> dict[str, int]:
+        return {
+            "shards": self.shards,
+            "tenants": self.tenants,
+            "workers": self.workers,
+            "concurrency": self.concurrency,
+        }
+
+
+@dataclass(frozen=True)
+class Config:
+    jobs: int
+    workers: tuple[int, ...]
+    concurrency: tuple[int, ...]
     runs: int
-    shards: int
+    shards: tuple[int, ...]
+    tenants: tuple[int, ...]
     backlog: bool
     first: int
     small: int
     large: int
     vacuum: bool
 
+    def cases(self) -> list[Case]:
+        """Every combination, the first values (the product's defaults) first."""
+        return [
+            Case(shards=s, tenants=t, workers=w, concurrency=c)
+            for s in self.shards
+            for t in self.tenants
+            for w in self.workers
+            for c in self.concurrency
+        ]
+
 
 DEFAULTS = Config(
     jobs=100_000,
-    workers=1,
-    concurrency=64,
+    workers=(1,),
+    concurrency=(DEFAULT_CONCURRENCY,),
     runs=5,
-    shards=16,
+    shards=(DEFAULT_SHARDS,),
+    tenants=(1,),
     backlog=False,
     first=8_000,
     small=10_000,
@@ -105,10 +148,11 @@ DEFAULTS = Config(
 )
 QUICK = Config(
     jobs=5_000,
-    workers=1,
-    concurrency=64,
+    workers=(1,),
+    concurrency=(DEFAULT_CONCURRENCY,),
     runs=2,
-    shards=16,
+    shards=(DEFAULT_SHARDS,),
+    tenants=(1,),
     backlog=False,
     first=800,
     small=1_000,
@@ -195,7 +239,14 @@ async def _load(dsn: str, jobs: int, log: Callable[[str], None]) -> None:
             group.create_task(stream(client))
 
 
-async def _prepare(conn: asyncpg.Connection, dsn: str, vacuum: bool) -> None:
+SPREAD_TENANTS = """
+UPDATE jobs SET tenant = 'tenant-' || (abs(hashtextextended(id::text, 0)) % $1)
+"""
+
+
+async def _prepare(conn: asyncpg.Connection, dsn: str, *, tenants: int, vacuum: bool) -> None:
+    if tenants > 1:
+        await conn.execute(SPREAD_TENANTS, tenants)
     if vacuum:
         await conn.execute("VACUUM (ANALYZE) jobs")
     await best_effort_checkpoint(dsn)
@@ -214,22 +265,28 @@ FINISHED = "SELECT count(*) FROM job_history"
 
 
 async def run_once(
-    admin_dsn: str, cfg: Config, *, backlog: int, count: int, log: Callable[[str], None]
+    admin_dsn: str,
+    cfg: Config,
+    case: Case,
+    *,
+    backlog: int,
+    count: int,
+    log: Callable[[str], None],
 ) -> Measurement:
     """Queue ``backlog`` jobs, start the workers, time the first ``count`` finished."""
     async with (
-        fresh_database(admin_dsn, shards=cfg.shards, replicas=0) as dsn,
-        worker_processes(dsn, count=cfg.workers, concurrency=cfg.concurrency) as procs,
+        fresh_database(admin_dsn, shards=case.shards, replicas=0) as dsn,
+        worker_processes(dsn, count=case.workers, concurrency=case.concurrency) as procs,
     ):
         await wait_for_workers(dsn, procs, shards=0)
         await _load(dsn, backlog, log)
         conn = await asyncpg.connect(dsn)
         try:
-            await _prepare(conn, dsn, cfg.vacuum)
+            await _prepare(conn, dsn, tenants=case.tenants, vacuum=cfg.vacuum)
             cpu_before = await _cpu_snapshot(conn, procs)
             start: datetime = await conn.fetchval("SELECT clock_timestamp()")
             t0 = time.perf_counter()
-            await pool_set_replicas(conn, POOL, cfg.workers)
+            await pool_set_replicas(conn, POOL, case.workers)
             if count == backlog:
                 t_end = await _wait_until(conn, "SELECT NOT EXISTS (SELECT 1 FROM jobs)")
                 end, first = await conn.fetchrow(
@@ -280,34 +337,28 @@ def _log_run(log: Callable[[str], None], label: str, m: Measurement) -> None:
 
 
 async def run_drain(admin_dsn: str, cfg: Config, log: Callable[[str], None]) -> list[Scenario]:
-    scenario = Scenario(
-        "drain", {"jobs": cfg.jobs, "workers": cfg.workers, "concurrency": cfg.concurrency}
-    )
+    """Every case, interleaved (run 1 of each, then run 2, ...)."""
+    cases = cfg.cases()
+    scenarios = [Scenario("drain", {"jobs": cfg.jobs, **case.params()}) for case in cases]
     for run in range(1, cfg.runs + 1):
-        m = await run_once(admin_dsn, cfg, backlog=cfg.jobs, count=cfg.jobs, log=log)
-        scenario.add(m.rate, **m.figures())
-        _log_run(log, f"run {run}/{cfg.runs} drain", m)
-    return [scenario]
+        for case, scenario in zip(cases, scenarios, strict=True):
+            m = await run_once(admin_dsn, cfg, case, backlog=cfg.jobs, count=cfg.jobs, log=log)
+            scenario.add(m.rate, **m.figures())
+            _log_run(log, f"run {run}/{cfg.runs} drain {_label(scenario.params)}", m)
+    return scenarios
 
 
 async def run_backlog(admin_dsn: str, cfg: Config, log: Callable[[str], None]) -> list[Scenario]:
     """Small and large backlog, interleaved (run 1 of each, then run 2, ...)."""
+    [case] = cfg.cases()
     sizes = (cfg.small, cfg.large)
     scenarios = {
-        size: Scenario(
-            "backlog",
-            {
-                "backlog": size,
-                "first": cfg.first,
-                "workers": cfg.workers,
-                "concurrency": cfg.concurrency,
-            },
-        )
+        size: Scenario("backlog", {"backlog": size, "first": cfg.first, **case.params()})
         for size in sizes
     }
     for run in range(1, cfg.runs + 1):
         for size in sizes:
-            m = await run_once(admin_dsn, cfg, backlog=size, count=cfg.first, log=log)
+            m = await run_once(admin_dsn, cfg, case, backlog=size, count=cfg.first, log=log)
             scenarios[size].add(m.rate, **m.figures())
             _log_run(log, f"run {run}/{cfg.runs} backlog {size:>9,}", m)
     return list(scenarios.values())
@@ -328,12 +379,15 @@ def backlog_ratio(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 # -- command line -------------------------------------------------------------------
 
 
+def _label(p: dict[str, Any]) -> str:
+    return f"S={p['shards']} T={p['tenants']:,} R={p['workers']} C={p['concurrency']}"
+
+
 def _describe(s: dict[str, Any]) -> str:
     p = s["params"]
-    workers = f"R={p['workers']} C={p['concurrency']}"
     if s["name"] == "drain":
-        return f"drain N={p['jobs']:,} {workers}"
-    return f"first {p['first']:,} of {p['backlog']:,} {workers}"
+        return f"drain N={p['jobs']:,} {_label(p)}"
+    return f"first {p['first']:,} of {p['backlog']:,} {_label(p)}"
 
 
 def _extra(name: str, render: Callable[[float], str]) -> Callable[[dict[str, Any]], str]:
@@ -344,9 +398,16 @@ def _extra(name: str, render: Callable[[float], str]) -> Callable[[dict[str, Any
     return cell
 
 
+def columns(summaries: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    return [
+        ("scenario", _describe),
+        ("median jobs/s", lambda s: fmt_rate(s["median"])),
+        ("x first", relative_to_first(summaries)),
+        *COLUMNS,
+    ]
+
+
 COLUMNS = [
-    ("scenario", _describe),
-    ("median jobs/s", lambda s: fmt_rate(s["median"])),
     ("min", lambda s: fmt_rate(s["min"])),
     ("max", lambda s: fmt_rate(s["max"])),
     ("wall-clock jobs/s", _extra("wall_rate", fmt_rate)),
@@ -362,6 +423,10 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _values(values: tuple[int, ...]) -> str:
+    return ",".join(str(v) for v in values)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
@@ -386,18 +451,31 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     parser.add_argument(
         "--workers",
         "-w",
-        type=_positive,
-        help=f"R: worker processes (default {DEFAULTS.workers})",
+        type=int_list,
+        help=f"R: worker processes, comma-separated values (default {_values(DEFAULTS.workers)})",
     )
     parser.add_argument(
         "--concurrency",
         "-c",
-        type=_positive,
-        help=f"handlers running at once per worker (default {DEFAULTS.concurrency})",
+        type=int_list,
+        help=(
+            "handlers running at once per worker, comma-separated values (default "
+            f"{_values(DEFAULTS.concurrency)}, the worker's own)"
+        ),
     )
     parser.add_argument("--runs", "-r", type=_positive, help=f"runs (default {DEFAULTS.runs})")
     parser.add_argument(
-        "--shards", type=_positive, help=f"shards of the pool (default {DEFAULTS.shards})"
+        "--shards",
+        type=int_list,
+        help=f"shards of the pool, comma-separated values (default {_values(DEFAULTS.shards)})",
+    )
+    parser.add_argument(
+        "--tenants",
+        type=int_list,
+        help=(
+            "tenants the backlog is spread over, comma-separated values (default "
+            f"{_values(DEFAULTS.tenants)})"
+        ),
     )
     parser.add_argument(
         "--backlog",
@@ -440,12 +518,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
         concurrency=args.concurrency or preset.concurrency,
         runs=args.runs or preset.runs,
         shards=args.shards or preset.shards,
+        tenants=args.tenants or preset.tenants,
         backlog=args.backlog,
         first=args.first or preset.first,
         small=args.small or preset.small,
         large=args.large or preset.large,
         vacuum=preset.vacuum if args.vacuum is None else args.vacuum,
     )
+    if cfg.backlog and len(cfg.cases()) > 1:
+        parser.error("--backlog compares backlogs: give one value of each setting")
     if cfg.backlog and not cfg.first < cfg.small <= cfg.large:
         parser.error(
             f"--backlog needs K < small <= large, got {cfg.first}, {cfg.small}, {cfg.large}"
@@ -458,7 +539,7 @@ def _log(line: str) -> None:
 
 
 def _config(cfg: Config) -> dict[str, Any]:
-    keys = ("workers", "concurrency", "runs", "shards", "vacuum")
+    keys = ("runs", "vacuum")
     keys += ("first", "small", "large") if cfg.backlog else ("jobs",)
     return {key: getattr(cfg, key) for key in keys}
 
@@ -478,14 +559,15 @@ async def _main(admin_dsn: str, cfg: Config, as_json: bool, started: float) -> N
         print_json("drain", info, _config(cfg), summaries, elapsed=elapsed, load=load)
         return
     title = "jobpool drain rate" + (" by backlog" if cfg.backlog else "")
-    print_table(title, info, _config(cfg), summaries, COLUMNS, elapsed=elapsed, load=load)
+    table = columns(summaries)
+    print_table(title, info, _config(cfg), summaries, table, elapsed=elapsed, load=load)
     if ratio is not None:
         verdict = "met" if ratio["ratio_of_medians"] >= ratio["required"] else "NOT met"
         runs = ", ".join(f"{r:.2f}" for r in ratio["run_ratios"])
         print(
             f"ratio large/small: {ratio['ratio_of_medians']:.2f} of the medians "
             f"(per run: {runs}; their median {ratio['median_of_run_ratios']:.2f}); "
-            f"DESIGN.md wants >= {ratio['required']}: {verdict}"
+            f"target >= {ratio['required']}: {verdict}"
         )
 
 
