@@ -5,6 +5,9 @@ the queue depth) asks :func:`decide_replicas` for the pool's size:
 
     desired = clamp(ceil(queued / targetQueuedPerReplica), minReplicas, maxReplicas)
 
+where ``queued`` counts due jobs only: delayed jobs and retries backing off need no
+worker yet, so a pool full of them is not scaled up.
+
 and changes nothing while the last change is younger than ``cooldownSeconds`` (in
 either direction: a backlog that drains in bursts must not make the pool flap).
 

@@ -3,7 +3,8 @@
 One kopf timer per JobPool (every ``OperatorConfig.status_interval_s``, 10 s by
 default) reads
 
-* from Postgres, in one read-only snapshot: queued jobs by priority, running jobs,
+* from Postgres, in one read-only snapshot: due queued jobs by priority (``run_at``
+  passed: delayed jobs and retries backing off wait for no worker), running jobs,
   pending dead letters (and those of the last ``dlq_growth_window_s``), the wait of the
   oldest due job, the jobs finished in the last ``throughput_window_s``, the ring, and
   each ordinal's heartbeat, shards and counters;

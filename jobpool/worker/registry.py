@@ -3,8 +3,9 @@
 ``registry = Registry()`` and ``@registry.handler("send_email", payload=SendEmail)`` on
 ``async def send_email(payload: SendEmail, ctx: Context)``. The payload model validates
 the job's JSON before the handler runs (an invalid payload is terminal); a handler
-without ``payload=`` gets the plain JSON value. Sync functions run in a thread pool.
-The handler's return value (JSON) becomes the job's result.
+without ``payload=`` gets the plain JSON value. Sync functions run on the worker's
+bounded pool of handler threads (see ``launcher``). The handler's return value (JSON)
+becomes the job's result.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ class Context(Protocol):
     tenant: str
     request_id: str | None
     user_id: str | None
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt ended without the handler (cancel request, timeout,
+        shutdown, lost lease): a sync handler should stop. Safe to read from a thread."""
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``asyncio.CancelledError`` if ``cancelled``; else do nothing."""
 
     async def report_progress(self, fraction: float | None, message: str | None = None) -> None:
         """Record progress (0..1 and/or a message); ``client.progress()`` sees it at once."""

@@ -221,6 +221,8 @@ async def test_status_carries_the_postgres_figures(start_operator, cluster, conn
     async with Client(dsn, pool="emails", tenant="acme") as client:
         for priority, count in (("critical", 2), ("high", 3), ("normal", 4), ("low", 1)):
             await client.submit("email.send", [{"n": n} for n in range(count)], priority=priority)
+        # Not due for an hour: not queued for a worker, so not in the figures (nor autoscaling).
+        await client.submit("email.send", [{"n": 9}] * 2, priority="low", delay=3600)
     # Play worker 0: lease every shard, heartbeat, run both critical jobs to an end
     # (one succeeds, one is dead-lettered), and keep one normal job running.
     await lease_take(conn, "emails", owner="w0", ordinal=0, shards=range(4), ttl_s=60)
