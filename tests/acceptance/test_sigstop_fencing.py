@@ -7,7 +7,7 @@ a frozen process executes nothing, so the attempts the frozen worker A had in fl
 did not run while the new owner B re-ran those jobs. When A resumes, those attempts
 reach their end at once (their sleep is over) and hand in their completions: nothing
 can stop a resumed process from reaching its next instruction. What the design
-guarantees (DESIGN.md, invariant 2; ``Ownership.valid_until``) is that those late
+guarantees (docs/architecture.md, invariant 2; ``Ownership.valid_until``) is that those late
 completions are *rejected* — the lease epoch moved on — and that A starts nothing on
 shards it no longer holds. So the checks are:
 

@@ -1,4 +1,4 @@
-"""Tenant round-robin within a priority lane (DESIGN "Scheduling").
+"""Tenant round-robin within a priority lane (docs/architecture.md, "Scheduling").
 
 A tenant that floods a lane with 10,000 jobs must not delay another tenant's 10 jobs
 of the same priority beyond a few claim batches: the claim serves tenants in rounds

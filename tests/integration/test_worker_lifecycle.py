@@ -1,6 +1,6 @@
 """The real worker's life: readiness, graceful stop, lost database connections.
 
-Defends DESIGN.md invariants 1-3 and "Sharding and ownership": a started worker holds
+Defends docs/architecture.md invariants 1-3 and "Sharding and ownership": a started worker holds
 the leases of its shards and says it is ready; ``stop()`` lets running jobs finish,
 gives buffered (never started) jobs back uncounted, writes every outcome, releases
 every lease and removes its ``workers`` row; a job still running at the drain timeout

@@ -1,8 +1,8 @@
 """Every way an attempt can end, run by the real worker against a real Postgres.
 
-Defends the job lifecycle of DESIGN.md: success with a JSON result; retry with
-exponential backoff, then success; attempts exhausted -> DLQ with the full error
-history; terminal errors (invalid payload, unknown type, ``jobpool.Permanent``, a
+Defends the job lifecycle (docs/architecture.md, "The data path"): success with a JSON
+result; retry with exponential backoff, then success; attempts exhausted -> DLQ with the
+full error history; terminal errors (invalid payload, unknown type, ``jobpool.Permanent``, a
 result that is not JSON) -> DLQ after one attempt; a handler timeout is retryable; a
 cancelled running job's task is cancelled at once and the job ends ``cancelled``, a
 cancelled job still waiting in the worker's buffer ends ``cancelled`` without running;

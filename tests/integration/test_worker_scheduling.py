@@ -1,6 +1,6 @@
 """Scheduling in the real worker: weighted priority lanes, NOTIFY wake-ups, timers.
 
-Defends DESIGN.md "Scheduling" and invariant 4: with every lane saturated a worker
+Defends docs/architecture.md, "Scheduling" and invariant 4: with every lane saturated a worker
 serves critical/high/normal/low 4:3:2:1 and never starves ``low``; a lone lane gets
 every slot; an idle worker makes no claim queries (no poll loop) yet starts a new job
 at once when its NOTIFY arrives, also when that NOTIFY lands while a claim is in

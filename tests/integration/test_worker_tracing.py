@@ -1,4 +1,4 @@
-"""The worker's ``jobpool.process`` span joins the submitter's trace (DESIGN
+"""The worker's ``jobpool.process`` span joins the submitter's trace (docs/architecture.md,
 "Observability"): it is a child of the ``jobpool.submit`` span, through the W3C
 ``traceparent`` stored with the job."""
 

@@ -1,6 +1,6 @@
 """Weighted priority lanes (jobpool/worker/scheduler.py): smooth weighted round-robin.
 
-Defends DESIGN.md "Scheduling": lanes with work are served in proportion to their
+Defends docs/architecture.md, "Scheduling": lanes with work are served in proportion to their
 weights (4:3:2:1 by default), interleaved rather than in bursts; a lane with weight >= 1
 is never starved; a lone lane gets every pick; a lane that had no work earns no credit,
 so it cannot burst ahead when work arrives; weights below 1 are refused.

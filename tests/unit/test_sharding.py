@@ -1,6 +1,6 @@
 """Routing contract (jobpool/sharding.py): fixed vectors and ring-growth properties.
 
-``shard_for`` and ``ordinal_for`` are part of the wire contract (DESIGN.md, "Sharding
+``shard_for`` and ``ordinal_for`` are part of the wire contract (docs/architecture.md, "Sharding
 and ownership"): a client in another language must compute the same shard, and every
 worker must agree on the owner of a shard. The literal vectors below must never change.
 """
