@@ -178,6 +178,14 @@ def worker_command(
             help="Port of /metrics, /healthz and /readyz; 0 turns them off.",
         ),
     ] = 9100,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            envvar="JOBPOOL_METRICS_HOST",
+            help="Address the metrics port listens on: 0.0.0.0 (all, what a pod needs "
+            "to be scraped) or e.g. 127.0.0.1 (this host only).",
+        ),
+    ] = "0.0.0.0",
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
     dsn: DsnOption = None,
@@ -201,6 +209,7 @@ def worker_command(
         priority_weights={**DEFAULT_WEIGHTS, **parse_weights(weights)},
         retry=RetryPolicy(max_attempts=max_attempts, base_s=backoff_base, cap_s=backoff_cap),
         metrics_port=metrics_port or None,
+        metrics_host=metrics_host,
     )
     registry = load_registry(app)
     configure_logging(log_level, log_format)

@@ -126,8 +126,16 @@ def health_app(metrics: WsgiApp, ready: Callable[[], bool]) -> WsgiApp:
 
 
 def serve(port: int, ready: Callable[[], bool], *, host: str = "0.0.0.0") -> WSGIServer:
-    """Serve metrics and probes on ``port`` from a daemon thread; returns the server."""
-    app = health_app(make_wsgi_app(), ready)
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` from a daemon
+    thread (any other path is a 404); returns the server."""
+    known = health_app(make_wsgi_app(), ready)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") in {"/metrics", "/healthz", "/readyz"}:
+            return known(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics, /healthz or /readyz\n"]
+
     server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
     threading.Thread(target=server.serve_forever, daemon=True, name="jobpool-metrics").start()
     return server

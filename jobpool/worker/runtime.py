@@ -117,7 +117,11 @@ class Worker:
             completer=completer,
             report_progress=self._report,
         )
-        server = metrics.serve(s.metrics_port, lambda: self.ready) if s.metrics_port else None
+        server = (
+            metrics.serve(s.metrics_port, lambda: self.ready, host=s.metrics_host)
+            if s.metrics_port
+            else None
+        )
         loops: list[asyncio.Task[None]] = []
         try:
             async with listener.subscribe() as events:

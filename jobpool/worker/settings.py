@@ -47,6 +47,9 @@ class WorkerSettings(BaseModel):
     metrics_port: int | None = Field(
         default=9100, description="port of /metrics, /healthz, /readyz; None = off"
     )
+    metrics_host: str = Field(
+        default="0.0.0.0", description="address the metrics port listens on (all, for a pod)"
+    )
     completion_batch: int = Field(default=256, ge=1, description="outcomes per write")
 
     @model_validator(mode="after")
