@@ -36,6 +36,7 @@ from jobpool.errors import JobCancelled, JobFailed
 from jobpool.models import QueueState
 from jobpool.store.execution import job_queue_depth
 from jobpool.store.workers import pool_queue_counts
+from jobpool.worker import RetryPolicy
 
 BOUND_S = 10.0
 SHARDS = list(range(16))
@@ -113,6 +114,37 @@ async def test_a_cancelled_sync_handler_learns_it_from_its_context(
         await until(lambda: run.worker.dispatcher.launcher.running_abandoned == 0)
 
     assert saw == [True]
+
+
+async def test_sync_handlers_left_running_take_at_most_twice_the_concurrency_in_threads(
+    dsn: str, client: Client, release: threading.Event
+) -> None:
+    """Concurrency 1: two sync handlers that ignore their timeout hold both threads, so
+    the next sync attempt is refused (retryable), and runs once they ended."""
+    registry = Registry()
+    registry.handler("ignores", timeout=0.1, max_attempts=1)(lambda p, ctx: release.wait())
+    unhurried = RetryPolicy(base_s=0.5, cap_s=0.5, max_attempts=10)
+    registry.handler("quick", retry=unhurried)(lambda payload, ctx: "ran")
+
+    async with running_worker(dsn, registry, concurrency=1) as run:
+        for _ in range(2):
+            ignored = await client.submit("ignores", {})
+            with pytest.raises(JobFailed):
+                await result_of(client, ignored.id, timeout=BOUND_S)
+        quick = await client.submit("quick", {})
+        async with asyncio.timeout(BOUND_S):
+            while True:  # refused once, and backing off: now let the threads go
+                if (await client.status(quick.id)).error_history:
+                    break
+                await asyncio.sleep(0.02)
+        release.set()
+        assert await result_of(client, quick.id, timeout=BOUND_S) == "ran"
+        await until(lambda: run.worker.dispatcher.launcher.threads.busy == 0)
+
+    refusals = (await client.status(quick.id)).error_history
+    assert refusals
+    assert {error.error_type for error in refusals} == {"HandlerThreadsBusy"}
+    assert "all 2 handler threads are busy" in refusals[0].message
 
 
 async def test_a_failure_keeps_its_traceback_shown_by_status_and_marks_the_span(
