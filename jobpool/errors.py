@@ -49,6 +49,11 @@ class InvalidSchedule(InvalidInput):
     """Both ``delay`` and ``run_at`` given, a negative delay, or a naive ``run_at``."""
 
 
+class InvalidPeriodic(InvalidInput):
+    """A periodic schedule jobpool refuses: its cron expression, time zone, name or
+    payload, or a name already taken."""
+
+
 class InvalidDsn(InvalidInput):
     """A connection string the driver cannot parse (bad scheme, port, host or option)."""
 
