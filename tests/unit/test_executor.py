@@ -19,25 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from claimed_jobs import claimed
 from pydantic import BaseModel
 
 import jobpool
 from jobpool.models import (
     MAX_TRACEBACK_CHARS,
     ClaimedJob,
-    Duration,
     Finish,
-    JobId,
     JobState,
-    Priority,
     Retry,
-    ShardId,
 )
 from jobpool.worker import Context, Registry, RetryPolicy
 from jobpool.worker.executor import CUT_MARK, JobContext, Outcome, bounded_traceback, execute
@@ -46,27 +41,6 @@ from jobpool.worker.launcher import Launcher
 POLICY = RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.01)
 DEADLINE_S = 0.05  # handlers' timeout: they either end at once or outlive it on purpose
 BOUND_S = 10.0  # generous bound for anything that must happen promptly
-
-
-def claimed(job_type: str, payload: Any = None, *, attempt: int = 1) -> ClaimedJob:
-    now = datetime.now(UTC)
-    return ClaimedJob(
-        id=JobId(uuid.uuid4()),
-        tenant="acme",
-        shard=ShardId(0),
-        type=job_type,
-        priority=Priority.NORMAL,
-        payload=payload if payload is not None else {},
-        attempt=attempt,
-        max_attempts=None,
-        duration=Duration.SHORT,
-        request_id=None,
-        user_id=None,
-        traceparent=None,
-        created_at=now,
-        run_at=now,
-        epoch=1,
-    )
 
 
 async def _no_progress(job: ClaimedJob, fraction: float | None, message: str | None) -> None:

@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from claimed_jobs import claimed
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,41 +23,17 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY
 
 from jobpool.models import (
-    ClaimedJob,
-    Duration,
     ErrorRecord,
     Finish,
     JobId,
     JobState,
     Priority,
     Retry,
-    ShardId,
 )
 from jobpool.worker import Registry, metrics
 from jobpool.worker.outcomes import mark_span, tell
 
 POOL = "telling"
-
-
-def claimed(attempt: int, *, job_id: JobId | None = None) -> ClaimedJob:
-    now = datetime.now(UTC)
-    return ClaimedJob(
-        id=job_id or JobId(uuid.uuid4()),
-        tenant="acme",
-        shard=ShardId(0),
-        type="send.mail",
-        priority=Priority.HIGH,
-        payload={},
-        attempt=attempt,
-        max_attempts=5,
-        duration=Duration.SHORT,
-        request_id=None,
-        user_id=None,
-        traceparent=None,
-        created_at=now,
-        run_at=now,
-        epoch=1,
-    )
 
 
 def error(attempt: int) -> ErrorRecord:
@@ -87,9 +64,19 @@ def test_a_five_attempt_death_is_five_attempt_failures_and_one_dead_job(
     for attempt in range(1, 5):
         run_at = datetime.now(UTC) + timedelta(seconds=attempt)
         retry = Retry(job_id=job_id, run_at=run_at, error=error(attempt))
-        tell(claimed(attempt, job_id=job_id), retry, pool=POOL, type_label="send.mail")
+        tell(
+            claimed("send.mail", attempt=attempt, priority=Priority.HIGH, job_id=job_id),
+            retry,
+            pool=POOL,
+            type_label="send.mail",
+        )
     dead = Finish(job_id=job_id, state=JobState.DEAD, reason="MaxAttempts", error=error(5))
-    tell(claimed(5, job_id=job_id), dead, pool=POOL, type_label="send.mail")
+    tell(
+        claimed("send.mail", attempt=5, priority=Priority.HIGH, job_id=job_id),
+        dead,
+        pool=POOL,
+        type_label="send.mail",
+    )
 
     after = (
         sample("jobpool_job_failures_total", **failures),
@@ -119,7 +106,7 @@ def test_success_and_cancel_are_final_outcomes_and_a_cancel_is_logged(
         sample("jobpool_jobs_finished_total", **labels, outcome=outcome)
         for outcome in ("succeeded", "cancelled")
     ]
-    job = claimed(2)
+    job = claimed("send.mail", attempt=2, priority=Priority.HIGH)
     caplog.set_level(logging.INFO, logger="jobpool.worker.outcomes")
     ok = Finish(job_id=job.id, state=JobState.SUCCEEDED, result_json="1")
     tell(job, ok, pool=POOL, type_label="send.mail")
@@ -141,7 +128,7 @@ def test_a_failed_attempt_marks_its_span_error_with_an_exception_event() -> None
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("tests")
-    job = claimed(1)
+    job = claimed("send.mail", priority=Priority.HIGH)
 
     with tracer.start_as_current_span("failed") as span:
         mark_span(span, Retry(job_id=job.id, run_at=datetime.now(UTC), error=error(1)))
