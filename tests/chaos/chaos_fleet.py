@@ -30,7 +30,7 @@ from typing import Any
 
 _ACCEPTANCE = str(Path(__file__).resolve().parents[1] / "acceptance")
 if _ACCEPTANCE not in sys.path:
-    sys.path.append(_ACCEPTANCE)
+    sys.path.insert(0, _ACCEPTANCE)
 
 from acceptance_kit import POOL, SHARDS, TENANT, Fleet, WorkerProcess, wait_for  # noqa: E402
 from chaos_handlers import DSN_ENV  # noqa: E402
@@ -73,16 +73,18 @@ class ChaosFleet(Fleet):
         *,
         lease_ttl_s: float = LEASE_TTL_S,
         orphan_grace_s: float = ORPHAN_GRACE_S,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         super().__init__(dsn, log_dir)
         self.lease_ttl_s = lease_ttl_s
         self.orphan_grace_s = orphan_grace_s
+        self.concurrency = concurrency
 
     def start(
         self,
         ordinal: int,
         *,
-        concurrency: int = CONCURRENCY,
+        concurrency: int | None = None,
         lease_ttl: float | None = None,
         drain_timeout: float = 10.0,
         app: str = APP,
@@ -92,7 +94,7 @@ class ChaosFleet(Fleet):
         """A worker of the chaos handlers with this fleet's lease TTL, grace and retries."""
         return super().start(
             ordinal,
-            concurrency=concurrency,
+            concurrency=concurrency or self.concurrency,
             lease_ttl=lease_ttl or self.lease_ttl_s,
             drain_timeout=drain_timeout,
             app=app,

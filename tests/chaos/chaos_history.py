@@ -35,7 +35,11 @@ What each kind means:
   fenced. Whichever way, the late completion of the fenced attempt is judged by the
   check above.
 * ``cancel_lost``: a cancel was answered, yet the job ended otherwise than
-  ``cancelled`` after an attempt that started after the answer.
+  ``cancelled`` after a *new* attempt started after the answer: one numbered past the
+  attempts the job had counted by then (read right after the answer, so a claim in
+  between only makes the check more lenient). An attempt claimed before the cancel may
+  still start and run to its end before its worker learns of the cancel (the answer
+  was ``cancel_requested``: the worker is signalled, not waited for).
 * ``dedupe``: two unfinished jobs with one dedupe key, or a submit that got a new job
   for a key whose job was still unfinished when the submit returned.
 * ``dlq_incomplete``: a dead job without a DLQ row, or a DLQ row with a field missing
@@ -101,6 +105,8 @@ class Cancel(_Record):
     job_id: UUID
     answer: Literal["cancelled", "cancel_requested"]
     answered_at: float
+    attempts_then: int
+    """The job's attempt count read right after the answer."""
 
 
 class Job(_Record):
@@ -376,7 +382,11 @@ def _cancels_lost(view: _View) -> list[str]:
         job = view.final.get(cancel.job_id)
         if job is None or job.state not in FINISHED or job.state == "cancelled":
             continue
-        after = [a for a in view.attempts.get(cancel.job_id, []) if a.started > cancel.answered_at]
+        after = [
+            a
+            for a in view.attempts.get(cancel.job_id, [])
+            if a.started > cancel.answered_at and a.attempt > cancel.attempts_then
+        ]
         if after:
             found.append(
                 f"job {cancel.job_id}: cancel answered {cancel.answer} at "

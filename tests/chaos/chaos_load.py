@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from chaos_fleet import POOL, SHARDS, TENANT, ChaosFleet, wait_for
+from chaos_fleet import CONCURRENCY, POOL, SHARDS, TENANT, ChaosFleet, wait_for
 from chaos_handlers import ATTEMPTS_DDL
 from chaos_history import (
     Attempt,
@@ -136,10 +136,17 @@ class Workload:
     async def _cancel(self, job_id: Any) -> None:
         try:
             answer = await self.client.cancel(job_id)
+            answered_at = time.time()
+            status = await self.client.status(job_id)
         except (JobAlreadyFinished, JobNotFound, *OUTAGE_ERRORS):
             return
         self.cancels.append(
-            Cancel(job_id=job_id, answer=CancelOutcome(answer).value, answered_at=time.time())
+            Cancel(
+                job_id=job_id,
+                answer=CancelOutcome(answer).value,
+                answered_at=answered_at,
+                attempts_then=status.attempts,
+            )
         )
 
     async def run(self, stop: asyncio.Event, *, batch: int, every_s: float) -> None:
@@ -301,12 +308,14 @@ class Chaos:
 
 
 @contextlib.asynccontextmanager
-async def chaos_run(dsn: str, log_dir: Path, *, replicas: int) -> AsyncIterator[Chaos]:
+async def chaos_run(
+    dsn: str, log_dir: Path, *, replicas: int, concurrency: int = CONCURRENCY
+) -> AsyncIterator[Chaos]:
     """A migrated database ``dsn`` made ready for a chaos run: the pool with a ring of
     ``replicas`` (no worker started yet), the attempts table, a client, and a fleet that
     is killed and reaped (logs printed) afterwards."""
     conn = await asyncpg.connect(dsn)
-    fleet = ChaosFleet(dsn, log_dir)
+    fleet = ChaosFleet(dsn, log_dir, concurrency=concurrency)
     try:
         await conn.execute(ATTEMPTS_DDL)
         await pool_ensure(conn, POOL, shards=SHARDS, replicas=replicas)

@@ -182,7 +182,7 @@ def test_overlap_after_the_first_lease_was_lost(ended_because: str, overlaps: in
 
 
 def test_cancel_that_did_not_stick() -> None:
-    cancel = Cancel(job_id=ID, answer="cancel_requested", answered_at=T0 + 3)
+    cancel = Cancel(job_id=ID, answer="cancel_requested", answered_at=T0 + 3, attempts_then=1)
     h = history(
         cancels=(cancel,),
         attempts=(run(1, "a", 1, None), run(2, "b", 5, 6)),
@@ -193,7 +193,12 @@ def test_cancel_that_did_not_stick() -> None:
 
 
 def test_a_cancel_racing_the_last_attempt_may_lose() -> None:
-    cancel = Cancel(job_id=ID, answer="cancel_requested", answered_at=T0 + 1.5)
+    cancel = Cancel(job_id=ID, answer="cancel_requested", answered_at=T0 + 1.5, attempts_then=1)
+    assert kinds(history(cancels=(cancel,))) == {}
+
+
+def test_an_attempt_claimed_before_the_cancel_may_start_after_it() -> None:
+    cancel = Cancel(job_id=ID, answer="cancel_requested", answered_at=T0 + 0.5, attempts_then=1)
     assert kinds(history(cancels=(cancel,))) == {}
 
 
