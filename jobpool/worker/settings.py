@@ -12,6 +12,11 @@ from jobpool.models import Priority
 from jobpool.worker.backoff import RetryPolicy
 from jobpool.worker.scheduler import DEFAULT_WEIGHTS
 
+MIN_LANE_CAPACITY = 256
+"""Default floor of a lane's buffer. Claimed jobs wait in it under their shard's lease
+(no other worker may run them anyway); a claim of 128 jobs costs the server about
+twice one of 16 (measured), so small buffers mostly multiply claims."""
+
 
 class WorkerSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -27,7 +32,10 @@ class WorkerSettings(BaseModel):
     lane_prefetch: int = Field(
         default=0,
         ge=0,
-        description="claimed jobs buffered per lane; 0 = max(2 x concurrency, 32)",
+        description=(
+            "claimed jobs buffered per lane; 0 = max(2 x concurrency, 256). A lane is "
+            "refilled when half empty: this sets the size of a drain's claims"
+        ),
     )
     lease_ttl_s: float = Field(default=15.0, gt=0, description="shard lease lifetime")
     heartbeat_interval_s: float = Field(
@@ -71,7 +79,7 @@ class WorkerSettings(BaseModel):
 
     @property
     def lane_capacity(self) -> int:
-        return self.lane_prefetch or max(2 * self.concurrency, 32)
+        return self.lane_prefetch or max(2 * self.concurrency, MIN_LANE_CAPACITY)
 
     @property
     def owner(self) -> str:

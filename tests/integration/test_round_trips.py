@@ -1,0 +1,101 @@
+"""Round trips per job: a drain batches its claims and its completions.
+
+The worker waits on round trips, not on CPU (a no-op job costs far less Python than
+one claim or completion round trip), so the statements it sends per job decide its
+drain rate. This counts them and times nothing: a real worker with the product's
+default settings drains a backlog of no-op jobs from a pool of the default shard count
+(``jobpool pool create``'s), while a query logger on every connection of the worker's
+pool counts the statements it sends, by name. The statements of its timed loops
+(heartbeat, lease renewal, stats) are left out: their number grows with the drain's
+duration on a slow machine, not with the jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from worker_runtime_helpers import POOL, running_worker
+
+from jobpool import Client, Context, Registry
+from jobpool.cli.admin import DEFAULT_SHARDS
+from jobpool.store import connect
+from jobpool.store.pools import pool_ensure
+from jobpool.store.queries import QUERIES
+
+JOBS = 4_000
+DRAIN_DEADLINE_S = 240.0
+# Measured at the defaults (concurrency 16, lanes of 256): about 50 per 1,000 jobs (a
+# claim per ~125 jobs, a completion per ~25); lanes of 32 sent 125, one claim and one
+# completion per 16 jobs. With every completion batch no larger than the concurrency the
+# count would still be about 75.
+MAX_ROUND_TRIPS_PER_1000 = 100
+# The loops that run on a timer, whatever the jobs: not counted.
+TIMED = ("lease_", "worker_", "pool_", "dlq_count_pending", "job_queue_depth")
+
+_NAMES = {sql: name for name, sql in QUERIES.items()}
+
+
+def _name(sql: str) -> str:
+    """The statement's name in ``queries.sql``; ``unnamed`` for the driver's own
+    (transaction control, type introspection once per connection and type)."""
+    return _NAMES.get(sql, "unnamed")
+
+
+@contextlib.asynccontextmanager
+async def counted_statements(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Counter[str]]:
+    """Statements sent on every connection of the pools created in the block, by name."""
+    sent: Counter[str] = Counter()
+    create_pool = connect.create_pool
+
+    async def counting_pool(dsn: str, **options: Any) -> asyncpg.Pool:
+        async def init(conn: asyncpg.Connection) -> None:
+            conn.add_query_logger(lambda record: sent.update([_name(record.query)]))
+
+        return await create_pool(dsn, init=init, **options)
+
+    monkeypatch.setattr(connect, "create_pool", counting_pool)
+    yield sent
+
+
+async def _drained(conn: asyncpg.Connection) -> None:
+    """Wait until the hot table is empty: a poll, as nothing signals that."""
+    async with asyncio.timeout(DRAIN_DEADLINE_S):
+        while True:
+            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM jobs)"):
+                return
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.timeout(DRAIN_DEADLINE_S + 60)
+async def test_a_drain_at_the_defaults_sends_few_round_trips_per_job(
+    dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await pool_ensure(conn, POOL, shards=DEFAULT_SHARDS)
+    async with Client(dsn, pool=POOL, tenant="acme") as client:
+        await client.submit("noop", [{"i": i} for i in range(JOBS)])
+    registry = Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object, ctx: Context) -> None:
+        """Does nothing: the drain is all claims and completions."""
+
+    async with counted_statements(monkeypatch) as sent, running_worker(dsn, registry):
+        await _drained(conn)
+
+    per_job = {
+        name: n for name, n in sent.items() if name != "unnamed" and not name.startswith(TIMED)
+    }
+    assert per_job.get("job_claim_batch"), sent
+    assert per_job.get("job_finish_many"), sent
+    total = sum(per_job.values())
+    print(f"\n{total} round trips for {JOBS:,} jobs: {dict(sorted(per_job.items()))}")
+    assert total * 1000 / JOBS <= MAX_ROUND_TRIPS_PER_1000, (
+        f"draining {JOBS:,} jobs took {total} round trips ({per_job}); "
+        f"at most {MAX_ROUND_TRIPS_PER_1000} per 1,000 jobs expected"
+    )
