@@ -8,10 +8,11 @@ returned) and every answered cancel. A call cut off by a database outage records
 nothing: its jobs may or may not exist, and the checker judges only what was
 acknowledged.
 
-``read_history`` waits until every acknowledged job has finished (or a deadline
-passes: whatever is left is then judged stuck or not by the checker), waits for the
-attempt records of live processes to be complete, and reads the final state into a
-:class:`~chaos_history.History`.
+``settle`` waits until every acknowledged job has finished (or a deadline passes:
+whatever is left is then judged stuck or not by the checker); ``read_history`` waits
+for the attempt records of live processes to be complete and reads the final state
+into a :class:`~chaos_history.History`; ``final_verdict`` does both and judges it.
+``chaos_run`` sets a database up for a run (pool, attempts table, client, fleet).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from uuid import UUID
 
 import asyncpg
 from chaos_fleet import CONCURRENCY, POOL, SHARDS, TENANT, ChaosFleet, wait_for
@@ -63,7 +64,7 @@ class Workload:
     seed: int = 0
     submitted: list[Submission] = field(default_factory=list)
     cancels: list[Cancel] = field(default_factory=list)
-    long_jobs: list[Any] = field(default_factory=list)
+    long_jobs: list[UUID] = field(default_factory=list)
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -133,7 +134,7 @@ class Workload:
         for row in rows:
             await self._cancel(row["id"])
 
-    async def _cancel(self, job_id: Any) -> None:
+    async def _cancel(self, job_id: UUID) -> None:
         try:
             answer = await self.client.cancel(job_id)
             answered_at = time.time()
@@ -157,23 +158,25 @@ class Workload:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
 
-    def ids(self) -> list[Any]:
+    def ids(self) -> list[UUID]:
         return list({s.id for s in self.submitted})
 
 
 @contextlib.asynccontextmanager
-async def running(workload: Workload, *, batch: int = 10, every_s: float = 0.2) -> Any:
+async def running(
+    workload: Workload, *, batch: int = 10, every_s: float = 0.2
+) -> AsyncIterator[None]:
     """The workload runs in the background for the duration of the block."""
     stop = asyncio.Event()
     task = asyncio.create_task(workload.run(stop, batch=batch, every_s=every_s))
     try:
-        yield task
+        yield
     finally:
         stop.set()
         await task
 
 
-async def unfinished(conn: asyncpg.Connection, ids: list[Any]) -> int:
+async def unfinished(conn: asyncpg.Connection, ids: list[UUID]) -> int:
     finished = await conn.fetchval(
         "SELECT count(*) FROM job_history WHERE id = ANY($1::uuid[])", ids
     )
@@ -191,7 +194,7 @@ async def settle(conn: asyncpg.Connection, workload: Workload, *, timeout: float
     return await unfinished(conn, ids)
 
 
-async def _all_finished(conn: asyncpg.Connection, ids: list[Any]) -> bool:
+async def _all_finished(conn: asyncpg.Connection, ids: list[UUID]) -> bool:
     return await unfinished(conn, ids) == 0
 
 
