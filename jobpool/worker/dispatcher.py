@@ -161,7 +161,9 @@ class Dispatcher:
                     return
 
     def _finish_cancelled(self, job: ClaimedJob) -> None:
-        self._completer.add(Finish(job_id=job.id, state=JobState.CANCELLED), shard=job.shard)
+        cancelled = Finish(job_id=job.id, state=JobState.CANCELLED)
+        self._count(job, cancelled)
+        self._completer.add(cancelled, shard=job.shard)
 
     def drop_shards(self, shards: set[ShardId]) -> None:
         """The leases of ``shards`` are gone: stop their attempts, forget their buffers."""

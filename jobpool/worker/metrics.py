@@ -53,7 +53,9 @@ DLQ_SIZE = Gauge(
 )
 COMPLETED = Counter("jobpool_jobs_completed_total", "Jobs that succeeded", ["pool", "type"])
 CANCELLATIONS = Counter(
-    "jobpool_job_cancellations_total", "Running jobs cancelled on request", ["pool", "type"]
+    "jobpool_job_cancellations_total",
+    "Jobs a worker cancelled on request (running, or claimed and not started yet)",
+    ["pool", "type"],
 )
 HANDLERS_LEFT_RUNNING = Gauge(
     "jobpool_handlers_left_running",

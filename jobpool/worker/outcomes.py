@@ -1,14 +1,15 @@
 """What a worker tells about each attempt's outcome: metrics, a log line, the span.
 
-Every outcome is told exactly once, when the executor (or the shutdown's interrupt)
-decides it:
+Every outcome is told exactly once, when it is decided: by the executor, by the
+shutdown's interrupt, or by the dispatcher for a claimed job cancelled before it ran.
 
 * metrics — a failed attempt (retried or not) counts in ``jobpool_job_failures_total``
   under its error type; a job that ends for good counts once in
   ``jobpool_jobs_finished_total`` under its outcome (``succeeded``, ``dead``,
   ``cancelled``). A five-attempt death is five attempt failures and one ``dead``.
 * one log line — WARNING for a failed attempt that will be retried, ERROR for a job
-  dead-lettered (with the last attempt's error), INFO for a cancel. One line each:
+  dead-lettered (with the last attempt's error), INFO for a cancel (of a running
+  attempt, or of a claimed job before it started). One line each:
   the message's whitespace is collapsed and it is cut at ``MAX_LOGGED_MESSAGE_CHARS``;
   the traceback goes to the job's error history, not to the log.
 * the ``jobpool.process`` span — status ERROR and an ``exception`` event (type,
@@ -53,7 +54,7 @@ def tell(job: ClaimedJob, outcome: Outcome, *, pool: str, type_label: str) -> No
         metrics.labelled(metrics.COMPLETED, pool, type_label).inc()
     elif outcome.state is JobState.CANCELLED:
         metrics.labelled(metrics.CANCELLATIONS, pool, type_label).inc()
-        log.info("job %s (%s) cancelled during attempt %d", job.id, job.type, job.attempt)
+        log.info("job %s (%s) cancelled (attempt %d)", job.id, job.type, job.attempt)
     elif error is not None:
         log.error(
             "job %s (%s) dead-lettered (%s) after attempt %d: %s",

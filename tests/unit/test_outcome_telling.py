@@ -119,7 +119,7 @@ def test_success_and_cancel_are_final_outcomes_and_a_cancel_is_logged(
     ]
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("INFO", f"job {job.id} (send.mail) cancelled during attempt 2")
+        ("INFO", f"job {job.id} (send.mail) cancelled (attempt 2)")
     ]
 
 
