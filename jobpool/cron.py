@@ -28,7 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobpool.errors import InvalidJobType, InvalidPeriodic
 from jobpool.models import JSON, Priority, check_job_type, check_tenant
@@ -134,6 +134,19 @@ class Schedule(BaseModel):
     @classmethod
     def _tenant(cls, value: str) -> str:
         return check_tenant(value)
+
+    @classmethod
+    def declare(cls, **fields: Any) -> Schedule:
+        """A validated schedule; a bad field is one ``InvalidPeriodic`` line naming it."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            message = (
+                str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
+            )
+            raise InvalidPeriodic(f"schedule {fields.get('name')!r}: {where}: {message}") from None
 
     def ticks_after(self, moment: datetime) -> Iterator[datetime]:
         """The ticks strictly after ``moment`` (aware), in order, as UTC datetimes."""

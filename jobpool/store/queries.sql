@@ -549,3 +549,62 @@ FROM shard_leases WHERE pool = $1 AND owner IS NOT NULL ORDER BY shard;
 SELECT state, count(*) AS jobs FROM job_history
 WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
 GROUP BY state;
+
+-- name: schedule_upsert_many
+-- Declares one source's schedules ('code' from a worker's handler module, 'spec' from
+-- the JobPool): new ones start now; a changed cron or time zone restarts `defined_at`
+-- (its past ticks never fire). A spec schedule overrides a code one of the same name,
+-- never the reverse. Rows that did not change are not written.
+INSERT INTO schedules AS s (pool, name, source, cron, timezone, tenant, type, priority,
+                            payload, catch_up)
+SELECT $1, d.name, $2, d.cron, d.timezone, d.tenant, d.type, d.priority, d.payload::jsonb,
+       d.catch_up
+FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::smallint[],
+            $9::text[], $10::boolean[])
+     AS d (name, cron, timezone, tenant, type, priority, payload, catch_up)
+ON CONFLICT (pool, name) DO UPDATE SET
+    source = EXCLUDED.source,
+    cron = EXCLUDED.cron,
+    timezone = EXCLUDED.timezone,
+    tenant = EXCLUDED.tenant,
+    type = EXCLUDED.type,
+    priority = EXCLUDED.priority,
+    payload = EXCLUDED.payload,
+    catch_up = EXCLUDED.catch_up,
+    defined_at = CASE WHEN (s.cron, s.timezone) = (EXCLUDED.cron, EXCLUDED.timezone)
+                      THEN s.defined_at ELSE now() END
+WHERE (s.source = EXCLUDED.source OR EXCLUDED.source = 'spec')
+  AND (s.source, s.cron, s.timezone, s.tenant, s.type, s.priority, s.payload, s.catch_up)
+      IS DISTINCT FROM (EXCLUDED.source, EXCLUDED.cron, EXCLUDED.timezone, EXCLUDED.tenant,
+                        EXCLUDED.type, EXCLUDED.priority, EXCLUDED.payload, EXCLUDED.catch_up);
+
+-- name: schedule_delete_missing
+-- The source's schedules it no longer declares.
+DELETE FROM schedules WHERE pool = $1 AND source = $2 AND NOT (name = ANY($3::text[]));
+
+-- name: schedule_list
+SELECT name, source, cron, timezone, tenant, type, priority, payload::text AS payload,
+       catch_up, defined_at, last_tick, last_enqueued_at
+FROM schedules WHERE pool = $1 ORDER BY name;
+
+-- name: schedule_enqueue
+-- Enqueues ticks of one schedule exactly once across every replica: `last_tick` moves
+-- forward only past ticks it has not reached (compare-and-set, $4 = the first tick,
+-- $3 = the last), in the same statement that inserts their jobs. A racing replica's
+-- update waits for this one's row lock, then finds `last_tick` moved and inserts
+-- nothing. The pool's workers get one NOTIFY, delivered at commit.
+WITH advanced AS (
+    UPDATE schedules SET last_tick = $3, last_enqueued_at = now()
+    WHERE pool = $1 AND name = $2 AND (last_tick IS NULL OR last_tick < $4)
+    RETURNING pool, tenant, type, priority, payload
+), inserted AS (
+    INSERT INTO jobs (id, pool, tenant, shard, type, priority, payload, dedupe_key, run_at)
+    SELECT t.id, a.pool, a.tenant, t.shard, a.type, a.priority, a.payload, t.dedupe_key,
+           t.run_at
+    FROM advanced a
+    CROSS JOIN unnest($5::uuid[], $6::int[], $7::text[], $8::timestamptz[])
+         AS t (id, shard, dedupe_key, run_at)
+    ON CONFLICT (pool, tenant, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+    RETURNING id, run_at
+)
+SELECT id, run_at, (SELECT 1 FROM pg_notify($9, $10)) AS woken FROM inserted;

@@ -6,6 +6,11 @@ the job's JSON before the handler runs (an invalid payload is terminal); a handl
 without ``payload=`` gets the plain JSON value. Sync functions run on the worker's
 bounded pool of handler threads (see ``launcher``). The handler's return value (JSON)
 becomes the job's result.
+
+Periodic jobs: ``@registry.periodic("*/5 * * * *", payload={...}, timezone="Europe/Paris")``
+above ``@registry.handler(...)`` enqueues a job of that handler's type at every tick
+(``type=`` names another type). The worker that runs the pool's periodic service
+declares these schedules in Postgres (see ``jobpool.worker.periodic``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from jobpool.errors import HandlerMissing, InvalidHandler
+from jobpool.cron import DEFAULT_TENANT, DEFAULT_TIMEZONE, Schedule
+from jobpool.errors import HandlerMissing, InvalidHandler, InvalidPeriodic
 from jobpool.models import Duration, JobId, Priority, check_job_type
 from jobpool.worker.backoff import RetryPolicy
 
@@ -84,6 +90,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._schedules: dict[str, Schedule] = {}
 
     def handler(
         self,
@@ -117,6 +124,57 @@ class Registry:
             return fn
 
         return register
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        name: str | None = None,
+        type: str | None = None,
+        payload: Any = None,
+        timezone: str = DEFAULT_TIMEZONE,
+        priority: Priority | str = Priority.NORMAL,
+        tenant: str = DEFAULT_TENANT,
+        catch_up: bool = False,
+    ) -> Callable[[F], F]:
+        """Enqueue a job at every tick of ``cron`` (5 fields, or 6 with seconds first)
+        read in ``timezone``: decorate a handler (above ``@registry.handler``), whose
+        type the jobs get unless ``type`` names another. ``name`` (default: the type)
+        must be unique in the registry; ``payload`` defaults to ``{}``. Missed ticks
+        are skipped but the latest, unless ``catch_up``."""
+
+        def register(fn: F) -> F:
+            job_type = type or self._type_of(fn)
+            schedule = Schedule.declare(
+                name=name or job_type,
+                cron=cron,
+                type=job_type,
+                payload={} if payload is None else payload,
+                timezone=timezone,
+                priority=priority,
+                tenant=tenant,
+                catch_up=catch_up,
+            )
+            if schedule.name in self._schedules:
+                raise InvalidPeriodic(f"schedule {schedule.name!r} is already declared")
+            self._schedules[schedule.name] = schedule
+            return fn
+
+        return register
+
+    def _type_of(self, fn: HandlerFn) -> str:
+        for handler in self._handlers.values():
+            if handler.fn is fn:
+                return handler.name
+        raise InvalidPeriodic(
+            f"{getattr(fn, '__name__', fn)!r} is not a registered handler: put "
+            "@registry.periodic above @registry.handler, or pass type="
+        )
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The periodic schedules declared with the handlers."""
+        return list(self._schedules.values())
 
     def get(self, name: str) -> Handler:
         try:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from jobpool.models import ClaimedJob, JobId, Retry
+from jobpool.models import ClaimedJob, JobId, Retry, ShardId
 from jobpool.store import channels, connect, dlq, execution
 from jobpool.store.listener import EventListener
 from jobpool.store.workers import WorkerCounters
@@ -29,6 +29,7 @@ from jobpool.worker.completer import Completer
 from jobpool.worker.dispatcher import Dispatcher
 from jobpool.worker.executor import Outcome
 from jobpool.worker.ownership import Ownership
+from jobpool.worker.periodic import PeriodicService
 from jobpool.worker.registry import Registry
 from jobpool.worker.settings import WorkerSettings
 
@@ -117,6 +118,13 @@ class Worker:
             completer=completer,
             report_progress=self._report,
         )
+        # The holder of shard 0 enqueues the pool's periodic jobs (once per tick anyway).
+        periodic = PeriodicService(
+            conns,
+            pool=s.pool,
+            declared=self.registry.schedules,
+            active=lambda: ShardId(0) in self.ownership.claimable,
+        )
         server = (
             metrics.serve(s.metrics_port, lambda: self.ready, host=s.metrics_host)
             if s.metrics_port
@@ -133,6 +141,7 @@ class Worker:
                     asyncio.create_task(_forever("dispatcher", self.dispatcher.step)),
                     asyncio.create_task(_forever("completer", completer.step)),
                     asyncio.create_task(_forever("stats", self._stats)),
+                    asyncio.create_task(_forever("periodic", periodic.step)),
                 ]
                 self._started.set()
                 log.info(

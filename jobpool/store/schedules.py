@@ -1,0 +1,146 @@
+"""Periodic schedules in Postgres: their definitions, and the exactly-once enqueue of ticks.
+
+The ``schedules`` table (migration ``0004_periodic.sql``) holds, per pool and schedule
+name, the definition and the last enqueued tick. Two writers declare definitions, each
+for its own ``source``: the operator from the JobPool spec (``spec``) and the worker
+that runs the periodic service from its handler module (``code``); a spec schedule
+overrides a code schedule of the same name. :func:`schedule_sync` makes a source's rows
+exactly its list.
+
+:func:`schedule_enqueue` is the only way a tick becomes a job: one statement moves
+``last_tick`` forward with a compare-and-set and inserts the ticks' jobs, so concurrent
+enqueuers (replicas, a lease handover) enqueue each tick once, and a tick whose job has
+already finished is not enqueued again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+
+from asyncpg import Connection, Record
+from pydantic import BaseModel, ConfigDict
+
+from jobpool.cron import Schedule, anchor, tick_key
+from jobpool.ids import new_job_ids
+from jobpool.models import JobId, Priority
+from jobpool.sharding import shard_for
+from jobpool.store import channels
+from jobpool.store.queries import QUERIES
+
+
+class ScheduleSource(StrEnum):
+    """Who declared a schedule: the worker's handler module or the JobPool spec."""
+
+    CODE = "code"
+    SPEC = "spec"
+
+
+class ScheduleRow(BaseModel):
+    """A stored schedule: its definition and where its ticks stand."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schedule: Schedule
+    source: ScheduleSource
+    defined_at: datetime
+    last_tick: datetime | None
+    last_enqueued_at: datetime | None
+
+    @property
+    def after(self) -> datetime:
+        """Ticks after this moment may fire (see ``jobpool.cron.anchor``)."""
+        return anchor(last_tick=self.last_tick, defined_at=self.defined_at)
+
+
+class EnqueuedTick(BaseModel):
+    """A tick this call enqueued, and its job."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schedule: str
+    tick: datetime
+    job_id: JobId
+
+
+def _row(row: Record) -> ScheduleRow:
+    schedule = Schedule(
+        name=row["name"],
+        cron=row["cron"],
+        type=row["type"],
+        payload=json.loads(row["payload"]),
+        timezone=row["timezone"],
+        priority=Priority.from_rank(row["priority"]),
+        tenant=row["tenant"],
+        catch_up=row["catch_up"],
+    )
+    return ScheduleRow(
+        schedule=schedule,
+        source=ScheduleSource(row["source"]),
+        defined_at=row["defined_at"],
+        last_tick=row["last_tick"],
+        last_enqueued_at=row["last_enqueued_at"],
+    )
+
+
+async def schedule_list(conn: Connection, pool: str) -> list[ScheduleRow]:
+    """The pool's schedules, by name."""
+    return [_row(row) for row in await conn.fetch(QUERIES["schedule_list"], pool)]
+
+
+async def schedule_sync(
+    conn: Connection, pool: str, source: ScheduleSource, schedules: Sequence[Schedule]
+) -> None:
+    """Make ``source``'s schedules of ``pool`` exactly ``schedules`` (one transaction).
+
+    Unchanged rows are not written; a changed cron or time zone restarts the schedule
+    (its past ticks never fire); a code schedule never replaces a spec one.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            QUERIES["schedule_upsert_many"],
+            pool,
+            source.value,
+            [s.name for s in schedules],
+            [s.cron for s in schedules],
+            [s.timezone for s in schedules],
+            [s.tenant for s in schedules],
+            [s.type for s in schedules],
+            [s.priority.rank for s in schedules],
+            [json.dumps(s.payload) for s in schedules],
+            [s.catch_up for s in schedules],
+        )
+        await conn.execute(
+            QUERIES["schedule_delete_missing"], pool, source.value, [s.name for s in schedules]
+        )
+
+
+async def schedule_enqueue(
+    conn: Connection, pool: str, name: str, ticks: Sequence[datetime], *, shards: int
+) -> list[EnqueuedTick]:
+    """Enqueue ``ticks`` (ascending) of schedule ``name`` unless another enqueuer already
+    moved past the first of them; return the ticks enqueued (all of them, or none).
+
+    Each job is due at its tick, keyed ``periodic:<name>:<tick>`` (its dedupe key, which
+    also routes it to a shard).
+    """
+    if not ticks:
+        return []
+    keys = [tick_key(name, tick) for tick in ticks]
+    job_shards = [shard_for(key, shards) for key in keys]
+    rows = await conn.fetch(
+        QUERIES["schedule_enqueue"],
+        pool,
+        name,
+        ticks[-1],
+        ticks[0],
+        new_job_ids(len(ticks)),
+        job_shards,
+        keys,
+        list(ticks),
+        channels.worker_channel(pool),
+        channels.shards_payload(job_shards),
+    )
+    return [EnqueuedTick(schedule=name, tick=row["run_at"], job_id=row["id"]) for row in rows]
