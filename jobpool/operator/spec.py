@@ -337,6 +337,19 @@ class JobPoolStatus(_StatusModel):
         description="Per worker ordinal: shards, heartbeat, counters.",
         json_schema_extra=_list_map("ordinal"),
     )
+    shards_without_live_owner: int = Field(
+        default=0,
+        ge=0,
+        description="Shards free or expired past the orphan grace period (twice the lease "
+        "TTL): nobody serves them.",
+    )
+    adopted_shards: int = Field(
+        default=0, ge=0, description="Shards a live ordinal serves for a missing one."
+    )
+    missing_ordinals: list[int] = Field(
+        default_factory=list,
+        description="Ordinals whose shards are adopted or unserved (Degraded OrdinalsMissing).",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Progressing and Degraded.",

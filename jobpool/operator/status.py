@@ -14,8 +14,10 @@ default) reads
 and patches ``status`` with the fields of ``spec.JobPoolStatus`` and three conditions:
 
 * ``Degraded`` — True with the first reason that applies: ``DatabaseUnreachable``,
-  ``WorkersMissingHeartbeats`` (see :func:`missing_heartbeats`), ``DlqGrowing`` (new
-  dead letters within the window).
+  ``WorkersMissingHeartbeats`` (see :func:`missing_heartbeats`), ``OrdinalsMissing``
+  (shards whose ring owner is gone: adopted by a live ordinal, or free past the orphan
+  grace period — see :func:`missing_ordinals`), ``DlqGrowing`` (new dead letters
+  within the window).
   ``InvalidSpec`` is the reconcile handler's: this timer skips a spec that does not
   parse, so it never hides that reason.
 * ``Ready`` — every desired worker is ready and heartbeating, and Postgres answers.
@@ -58,7 +60,9 @@ from jobpool.operator.spec import (
     parse_spec,
     plain,
 )
+from jobpool.sharding import ordinal_for
 from jobpool.store.dlq import dlq_count_pending
+from jobpool.store.leases import lease_health
 from jobpool.store.pools import pool_get
 from jobpool.store.stats import (
     db_now,
@@ -75,6 +79,9 @@ CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
 
 DATABASE_UNREACHABLE = "DatabaseUnreachable"
 WORKERS_MISSING_HEARTBEATS = "WorkersMissingHeartbeats"
+ORDINALS_MISSING = "OrdinalsMissing"
+ORPHAN_GRACE_TTLS = 2
+"""The workers' default orphan grace period, in lease TTLs (``--orphan-grace``)."""
 DLQ_GROWING = "DlqGrowing"
 INVALID_SPEC = "InvalidSpec"
 POD_ORDINAL = re.compile(r"-(\d+)$")
@@ -112,6 +119,9 @@ class PoolFigures:
     workers: Sequence[WorkerRow] = ()
     ring_version: int | None = None
     shards: int | None = None  # the pool's fixed shard count, None before its row exists
+    replicas: int | None = None  # the ring in the pool's row
+    orphaned_shards: tuple[int, ...] = ()  # free or expired past the grace period
+    adopted_shards: tuple[int, ...] = ()  # served by an ordinal that adopted them
 
     @property
     def queued_total(self) -> int:
@@ -251,6 +261,14 @@ def missing_heartbeats(observed: Observation) -> list[int]:
     return sorted(missing)
 
 
+def missing_ordinals(figures: PoolFigures) -> list[int]:
+    """Ordinals of the ring whose shards are served by an adopter or by nobody."""
+    if not figures.replicas:
+        return []
+    lacking = (*figures.orphaned_shards, *figures.adopted_shards)
+    return sorted({ordinal_for(shard, figures.replicas) for shard in lacking})
+
+
 def degraded(observed: Observation) -> ConditionState:
     if observed.database_error is not None:
         return ConditionState(True, DATABASE_UNREACHABLE, observed.database_error)
@@ -265,6 +283,14 @@ def degraded(observed: Observation) -> ConditionState:
             f"ordinals {ordinals} have not heartbeated within the lease TTL ({ttl} s)",
         )
     figures = observed.figures
+    if figures is not None and (missing := missing_ordinals(figures)):
+        return ConditionState(
+            True,
+            ORDINALS_MISSING,
+            f"ordinals {', '.join(map(str, missing))} are missing: "
+            f"{len(figures.adopted_shards)} of their shards are served by other ordinals, "
+            f"{len(figures.orphaned_shards)} by none",
+        )
     if figures is not None and figures.dlq_recent > 0:
         return ConditionState(
             True,
@@ -333,6 +359,9 @@ def figures_status(figures: PoolFigures) -> dict[str, Any]:
             }
             for worker in figures.workers
         ],
+        "shardsWithoutLiveOwner": len(figures.orphaned_shards),
+        "adoptedShards": len(figures.adopted_shards),
+        "missingOrdinals": missing_ordinals(figures),
         **({"ringVersion": figures.ring_version} if figures.ring_version is not None else {}),
     }
 
@@ -369,7 +398,9 @@ def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> di
 # -- reading Postgres ------------------------------------------------------------------
 
 
-async def read_figures(context: OperatorContext, pool: str) -> PoolFigures:
+async def read_figures(
+    context: OperatorContext, pool: str, *, lease_ttl_s: float
+) -> PoolFigures:
     """One consistent, read-only snapshot of the pool's figures."""
     config: OperatorConfig = context.config
     async with (
@@ -381,6 +412,7 @@ async def read_figures(context: OperatorContext, pool: str) -> PoolFigures:
             row: Pool | None = await pool_get(conn, pool)
         except PoolNotFound:
             row = None
+        health = await lease_health(conn, pool, grace_s=ORPHAN_GRACE_TTLS * lease_ttl_s)
         return PoolFigures(
             now=await db_now(conn),
             queued=counts[JobState.QUEUED],
@@ -396,6 +428,9 @@ async def read_figures(context: OperatorContext, pool: str) -> PoolFigures:
             workers=tuple(await worker_list(conn, pool)),
             ring_version=row.ring_version if row is not None else None,
             shards=row.shards if row is not None else None,
+            replicas=row.replicas if row is not None else None,
+            orphaned_shards=tuple(health.orphaned),
+            adopted_shards=tuple(health.adopted),
         )
 
 
@@ -407,7 +442,7 @@ async def observe(
     seen: dict[str, Any] = {"name": name, "spec": spec, "selector": selector(name)}
     seen.update(statefulset=statefulset, pods=pods)
     try:
-        figures = await read_figures(context, name)
+        figures = await read_figures(context, name, lease_ttl_s=spec.lease_ttl_seconds)
     except DatabaseUnavailable as exc:
         return Observation(**seen, figures=None, database_error=str(exc))
     except asyncpg.PostgresError as exc:

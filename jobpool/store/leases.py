@@ -116,6 +116,23 @@ async def lease_orphans(conn: Connection, pool: str, *, grace_s: float, live_s: 
     return Orphans([ShardId(s) for s in row["orphans"]], list(row["live"]))
 
 
+class LeaseHealth(NamedTuple):
+    """Shards nobody took within the grace period, and shards held by adoption."""
+
+    orphaned: list[ShardId]
+    adopted: list[ShardId]
+
+
+async def lease_health(conn: Connection, pool: str, *, grace_s: float) -> LeaseHealth:
+    """Which shards of ``pool`` lack their ring owner: free or expired for ``grace_s`` or
+    more, or adopted by another ordinal (the operator's ``OrdinalsMissing``)."""
+    rows = await conn.fetch(QUERIES["lease_health"], pool, grace_s)
+    return LeaseHealth(
+        orphaned=[ShardId(row["shard"]) for row in rows if row["orphaned"]],
+        adopted=[ShardId(row["shard"]) for row in rows if row["adopted"]],
+    )
+
+
 async def lease_history_list(
     conn: Connection, pool: str, shards: Sequence[int]
 ) -> list[LeaseRecord]:

@@ -193,6 +193,18 @@ WITH released AS (
 )
 SELECT shard, (SELECT 1 FROM pg_notify($4, $5)) AS woken FROM released;
 
+-- name: lease_health
+-- Per shard of the pool: free or expired for at least $2 seconds after someone held it
+-- (an orphan nobody took within the grace period; a shard never taken yet is a pool
+-- whose workers have not started, which readiness reports), or held by an adoption
+-- (its ring owner is missing).
+SELECT l.shard,
+       l.epoch > 0 AND l.expires_at <= now() - make_interval(secs => $2) AS orphaned,
+       coalesce(l.expires_at > now() AND h.taken_because = 'adopted', false) AS adopted
+FROM shard_leases l
+LEFT JOIN lease_history h ON h.pool = l.pool AND h.shard = l.shard AND h.epoch = l.epoch
+WHERE l.pool = $1;
+
 -- name: lease_orphans
 -- Shards free or expired for at least $2 seconds (their ring owner did not take them
 -- in that grace period) and the pool's live ordinals (a heartbeat within $3 seconds):

@@ -28,9 +28,10 @@ from jobpool.operator.status import (
     set_condition,
     status_changes,
 )
+from jobpool.sharding import ordinal_for
 from jobpool.store.connect import dsn_secrets
 from jobpool.store.execution import job_claim_batch, job_finish_many
-from jobpool.store.leases import lease_take
+from jobpool.store.leases import lease_release, lease_take
 from jobpool.store.workers import WorkerCounters, WorkerRow, worker_heartbeat
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -367,3 +368,48 @@ async def test_unreachable_database_degrades_and_recovers(
 @pytest.mark.parametrize("key", ["replicas", "readyReplicas", "selector", "conditions"])
 def test_status_fields_exist_in_the_crd_model(key):
     assert key in STATUS_FIELDS
+
+
+# -- missing ordinals (orphaned and adopted shards) -----------------------------------
+
+
+def test_adopted_and_unserved_shards_name_their_missing_ordinals():
+    lacking = figures(replicas=2, adopted_shards=(1,), orphaned_shards=(3,))
+    owners = sorted({ordinal_for(1, 2), ordinal_for(3, 2)})
+    state = degraded(observation(figures=lacking))
+    assert (state.status, state.reason) == (True, "OrdinalsMissing")
+    assert state.message.startswith(f"ordinals {', '.join(map(str, owners))} are missing")
+    assert "1 of their shards are served by other ordinals, 1 by none" in state.message
+    status = figures_status(lacking)
+    assert (status["adoptedShards"], status["shardsWithoutLiveOwner"]) == (1, 1)
+    assert status["missingOrdinals"] == owners
+    assert degraded(observation(figures=figures(replicas=2))).status is False
+
+
+async def test_an_adopted_shard_degrades_the_pool_until_it_is_handed_back(
+    start_operator, cluster, conn
+):
+    spec = {**SPEC, "shards": 8}  # jump hash gives shards 0-3 of a ring of 2 to ordinal 0
+    await start_operator()
+    await cluster.create_jobpool("emails", spec)
+    await cluster.eventually(lambda: cluster.status("emails").get("ringVersion"), what="ring")
+    shard = next(s for s in range(spec["shards"]) if ordinal_for(s, spec["replicas"]) == 1)
+    await lease_take(conn, "emails", owner="0:a", ordinal=0, shards=[shard], ttl_s=600, adopt=True)
+    missing = await cluster.eventually(
+        lambda: (
+            cluster.condition("emails", "Degraded").get("reason") == "OrdinalsMissing"
+            and cluster.condition("emails", "Degraded")
+        ),
+        what="Degraded/OrdinalsMissing",
+    )
+    assert missing["message"].startswith("ordinals 1 are missing")
+    status = cluster.status("emails")
+    assert (status["adoptedShards"], status["missingOrdinals"]) == (1, [1])
+
+    await lease_release(conn, "emails", owner="0:a", shards=[shard])  # ordinal 1 returned
+    await lease_take(conn, "emails", owner="1:b", ordinal=1, shards=[shard], ttl_s=600)
+    await cluster.eventually(
+        lambda: cluster.condition("emails", "Degraded").get("status") == "False",
+        what="Degraded cleared",
+    )
+    assert cluster.status("emails")["missingOrdinals"] == []
