@@ -2,8 +2,9 @@
 
 Built with typer and rich, on top of the public ``Client`` and the ``jobpool.store``
 functions (the CLI holds no SQL). Commands live in small modules: ``submit`` and
-``jobs`` (one job), ``dlq`` (dead-letter queue), ``admin`` (schema and pools);
-``common`` holds the shared options, connections, exit codes and error reporting.
+``jobs`` (one job), ``schedules`` (periodic jobs), ``dlq`` (dead-letter queue),
+``admin`` (schema and pools); ``common`` holds the shared options, connections, exit
+codes and error reporting.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from jobpool.cli import admin, dev, dlq, jobs, operator, submit, worker
+from jobpool.cli import admin, dev, dlq, jobs, operator, schedules, submit, worker
 from jobpool.cli.common import EXIT_CODES_HELP
 from jobpool.cli.usage import RootGroup, plain_usage
 
@@ -56,6 +57,7 @@ def _root(
 
 submit.register(app)
 jobs.register(app)
+schedules.register(app)
 dlq.register(app)
 admin.register(app)
 worker.register(app)

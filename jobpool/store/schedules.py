@@ -23,7 +23,7 @@ from enum import StrEnum
 from asyncpg import Connection, Record
 from pydantic import BaseModel, ConfigDict
 
-from jobpool.cron import Schedule, anchor, tick_key
+from jobpool.cron import Schedule, anchor, tick_key, upcoming_tick
 from jobpool.ids import new_job_ids
 from jobpool.models import JobId, Priority
 from jobpool.sharding import shard_for
@@ -53,6 +53,10 @@ class ScheduleRow(BaseModel):
     def after(self) -> datetime:
         """Ticks after this moment may fire (see ``jobpool.cron.anchor``)."""
         return anchor(last_tick=self.last_tick, defined_at=self.defined_at)
+
+    def next_tick(self, now: datetime) -> datetime | None:
+        """The tick it enqueues next: a due one not enqueued yet, else the next one."""
+        return upcoming_tick(self.schedule, after=self.after, now=now)
 
 
 class EnqueuedTick(BaseModel):
