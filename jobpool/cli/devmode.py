@@ -73,6 +73,7 @@ from jobpool.store.listener import EventListener
 from jobpool.store.migrate import migrate
 from jobpool.store.overview import job_history_recent_counts, lease_list
 from jobpool.store.pools import pool_ensure, pool_get, pool_set_replicas
+from jobpool.store.schedules import schedule_list
 from jobpool.store.workers import WorkerRow, pool_queue_counts, worker_list
 
 REFRESH_S = 1.0
@@ -357,6 +358,7 @@ class Supervisor:
             holders = await lease_list(self._conn, name)
             recent = await job_history_recent_counts(self._conn, name, window_s=RECENT_S)
             dlq = await dlq_count_pending(self._conn, name)
+            schedules = await schedule_list(self._conn, name)
         except (JobpoolError, *UNREACHABLE) as exc:
             message = redact(str(exc) or type(exc).__name__, self.dsn)
             if message != self.snapshot.error:
@@ -379,6 +381,7 @@ class Supervisor:
             holders=holders,
             recent=recent,
             dlq=dlq,
+            schedules=schedules,
         )
 
     # -- processes -------------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.columns import Columns
@@ -27,8 +28,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from jobpool.cli.output import when
 from jobpool.models import JobState, Pool, Priority, ShardId
 from jobpool.store.overview import ShardHolder
+from jobpool.store.schedules import ScheduleRow
 from jobpool.store.workers import WorkerRow
 
 STATUS_EVERY_S = 5.0
@@ -49,6 +52,7 @@ class Snapshot:
     holders: dict[ShardId, ShardHolder] = field(default_factory=dict)
     recent: dict[JobState, int] = field(default_factory=dict)  # ended in the last RECENT_S
     dlq: int = 0  # pending dead-letter entries
+    schedules: list[ScheduleRow] = field(default_factory=list)
     error: str | None = None
 
     def total(self, state: JobState) -> int:
@@ -212,6 +216,7 @@ def status_line(frame: Frame) -> str:
         f" done={sum(v.done for v in views)} failed={sum(v.failed for v in views)}"
         f" dlq={snapshot.dlq} per_min={snapshot.per_minute:.0f}"
         f" expired_shards={len(expired)} free_shards={len(free)}"
+        f" schedules={len(snapshot.schedules)}"
     ]
     if snapshot.error:
         parts[0] += " db=unavailable"
@@ -253,6 +258,7 @@ def render(frame: Frame) -> RenderableType:
         )
     )
     parts.extend(_shard_lines(frame.snapshot))
+    parts.extend(schedule_lines(frame.snapshot.schedules, datetime.now(UTC)))
     if not frame.stopping:
         hint = "Ctrl-C stops"
     elif any(v.pid is not None for v in frame.workers):  # a process of ours is still there
@@ -342,6 +348,18 @@ def _shard_lines(snapshot: Snapshot) -> list[RenderableType]:
             )
         )
     return lines
+
+
+def schedule_lines(schedules: list[ScheduleRow], now: datetime) -> list[RenderableType]:
+    """A line per periodic schedule: cron and time zone, next tick, last enqueued."""
+    return [
+        Text(
+            f"schedule {row.schedule.name}  {row.schedule.cron} ({row.schedule.timezone})"
+            f"  next {when(row.next_tick(now))}  last {when(row.last_tick)}"
+            f"  → {row.schedule.type}"
+        )
+        for row in schedules
+    ]
 
 
 def _list(shards: list[int], shown: int = 12) -> str:
