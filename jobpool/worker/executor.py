@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ class JobContext:
     job: ClaimedJob
     _report: ReportProgress
     cancel_requested: bool = field(default=False, init=False)
-    _ended: threading.Event = field(default_factory=threading.Event, init=False)
+    _ended: bool = field(default=False, init=False)  # a plain flag: threads read it as is
 
     @property
     def job_id(self) -> JobId:
@@ -97,17 +96,17 @@ class JobContext:
     def cancelled(self) -> bool:
         """True once the attempt ended without the handler: cancelled on request, past
         its timeout, or stopped by the worker (shutdown, lost lease). Safe from threads."""
-        return self._ended.is_set()
+        return self._ended
 
     def raise_if_cancelled(self) -> None:
         """Raise ``asyncio.CancelledError`` (not an ``Exception``, so ``except
         Exception`` lets it through) if the attempt already ended; else do nothing."""
-        if self._ended.is_set():
+        if self._ended:
             raise asyncio.CancelledError(f"attempt {self.attempt} of job {self.job_id} ended")
 
     def end(self) -> None:
         """Mark the attempt ended: ``cancelled`` turns true."""
-        self._ended.set()
+        self._ended = True
 
     async def report_progress(self, fraction: float | None, message: str | None = None) -> None:
         if fraction is not None and not 0.0 <= fraction <= 1.0:
@@ -198,15 +197,28 @@ async def _wait(
     """Wait for the handler until its deadline. Neither the deadline nor a cancellation
     of the attempt waits for the handler to stop: it is abandoned to the launcher. A
     cancellation propagates unless the job's cancel request caused it."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    run.future.add_done_callback(wake)
+    timer = None if timeout_s is None else loop.call_later(timeout_s, wake)
     try:
-        done, _ = await asyncio.wait({run.future}, timeout=timeout_s)
+        await woken
     except asyncio.CancelledError:
         ctx.end()
         launcher.abandon(run, job, why=CANCELLED if ctx.cancel_requested else "stopped")
         if not ctx.cancel_requested:
             raise
         return CANCELLED
-    if done:
+    finally:
+        if timer is not None:
+            timer.cancel()
+        run.future.remove_done_callback(wake)
+    if run.future.done():
         return "done"
     ctx.end()
     launcher.abandon(run, job, why=TIMEOUT)

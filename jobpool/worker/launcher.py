@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import queue
 import threading
@@ -100,7 +101,7 @@ class HandlerThreads:
             self._calls.get()()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Run:
     """A started handler: ``future`` to await on the loop, ``work`` what must end (the
     task itself, or the thread's own future) and its ``kind``."""
@@ -134,9 +135,12 @@ class Launcher:
         """Start the handler: a task for an async one, a thread of the pool for a sync
         one (``HandlerThreadsBusy`` when every thread is taken)."""
         if handler.is_async:
-            task = asyncio.ensure_future(handler.fn(argument, ctx))
+            task = asyncio.get_running_loop().create_task(handler.fn(argument, ctx))
             return Run(task, task, "async")
-        thread = self.threads.submit(handler.fn, argument, ctx)
+        # In the caller's context, as asyncio.to_thread does: the attempt's span is the
+        # current one in the handler's thread too.
+        context = contextvars.copy_context()
+        thread = self.threads.submit(context.run, handler.fn, argument, ctx)
         return Run(asyncio.wrap_future(thread), thread, "thread")
 
     def abandon(self, run: Run, job: ClaimedJob, *, why: str) -> None:

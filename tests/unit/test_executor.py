@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -41,6 +42,7 @@ from jobpool.worker.launcher import Launcher
 POLICY = RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.01)
 DEADLINE_S = 0.05  # handlers' timeout: they either end at once or outlive it on purpose
 BOUND_S = 10.0  # generous bound for anything that must happen promptly
+CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("current", default="none")
 
 
 async def _no_progress(job: ClaimedJob, fraction: float | None, message: str | None) -> None:
@@ -253,6 +255,20 @@ async def test_a_sync_handler_learns_of_its_timeout_through_its_context() -> Non
     assert outcome.error.error_type == "timeout"
     await attempts.all_ended()
     assert seen == ["cancelled=True"]
+
+
+async def test_a_sync_handler_runs_in_the_context_of_its_attempt() -> None:
+    """As with ``asyncio.to_thread``: context variables (the attempt's span) carry over."""
+    registry = Registry()
+    registry.handler("reads")(lambda payload, ctx: CURRENT.get())
+    token = CURRENT.set("the attempt's")
+    try:
+        outcome = await Attempts(registry).run(claimed("reads"))
+    finally:
+        CURRENT.reset(token)
+
+    assert isinstance(outcome, Finish)
+    assert outcome.result_json == '"the attempt\'s"'
 
 
 async def test_sync_handlers_run_on_a_bounded_set_of_threads(release: threading.Event) -> None:
