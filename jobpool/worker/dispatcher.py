@@ -13,8 +13,18 @@ loop. A lane whose claim came back empty is not asked again until new work arriv
 the timer fires; so when lanes turn empty, the dispatcher looks up the earliest
 ``run_at`` queued in them (delayed jobs, retries backing off) and keeps that deadline
 — an absolute one, which no unrelated wake-up (a heartbeat, a finished job) moves.
+That look-up runs after the claimed jobs have started, never before.
 ``MAX_TIMER_S`` re-asks every lane at the latest, bounding the cost of any missed
 wake-up.
+
+A claim's cost grows with the shards it visits (one index probe per shard and lane).
+A NOTIFY naming a shard (a submit into one shard) therefore does not send an idle
+worker through all its shards: the lanes known empty are asked in the named shards
+only (a *narrow* claim). Lanes known empty stay so where nothing was named, and the
+narrow claim lets every tenant offer as many jobs as the lane wants, so a lane it
+leaves short is empty in the named shards too. A wake-up naming more than
+``MAX_HINTED_SHARDS`` shards, or arriving while a claim of every shard is due anyway,
+asks every lane in every shard, as does ``*`` (a batch spanning shards).
 
 Ownership moves are respected at once: a buffered job whose shard this worker no
 longer serves is given back, never started, and a shard being claimed from counts as
@@ -31,7 +41,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,9 +75,19 @@ log = logging.getLogger(__name__)
 
 MAX_TIMER_S = 60.0
 """Longest time a lane stays unasked: bounds the damage of a missed wake-up, not a poll."""
+MAX_HINTED_SHARDS = 8
+"""Most shards a narrow claim visits; more named shards make a claim of every shard."""
 MIN_TIMER_S = 0.01
 """Shortest timer: a due time already past (a job fell due during the claim) re-claims
 after this, so a due job that cannot be claimed yet cannot make the loop spin."""
+
+
+@dataclass(frozen=True)
+class DueLookup:
+    """Lanes found empty in ``shards`` by a claim: the timer needs their earliest run_at."""
+
+    shards: list[ShardId]
+    lanes: set[Priority]
 
 
 @dataclass
@@ -100,6 +120,7 @@ class Dispatcher:
         self.buffers: dict[Priority, deque[ClaimedJob]] = {p: deque() for p in Priority}
         self.running: dict[JobId, Running] = {}
         self._empty: set[Priority] = set()
+        self._hinted: set[ShardId] = set()  # named by NOTIFYs since the last claim
         self._news = 0  # counts "new work" wake-ups, to spot one during a claim
         self._cursors: dict[Priority, str] = dict.fromkeys(Priority, "")
         self._wake = asyncio.Event()
@@ -115,19 +136,24 @@ class Dispatcher:
 
     def wake(self, *, new_work: bool = False) -> None:
         if new_work:
-            self._news += 1
-            self._empty.clear()
-            self._due = None
+            self._forget_empty()
         self._wake.set()
+
+    def _forget_empty(self) -> None:
+        """Work may have come anywhere: every lane is asked again, in every shard."""
+        self._news += 1
+        self._empty.clear()
+        self._due = None
 
     def on_notify(self, payload: str) -> None:
         """A payload of the worker channel: a hint of new work or of a cancel request."""
         if payload == channels.CANCEL or payload.startswith(channels.CANCEL_PREFIX):
             self.check_cancels()
-        elif payload == channels.ALL or (
-            payload.isdigit() and ShardId(int(payload)) in self._ownership.held
-        ):
+        elif payload == channels.ALL:
             self.wake(new_work=True)
+        elif payload.isdigit() and ShardId(int(payload)) in self._ownership.held:
+            self._hinted.add(ShardId(int(payload)))
+            self._wake.set()
 
     def check_cancels(self) -> None:
         """Ask the database, at the next step, which of our attempts were cancelled."""
@@ -182,10 +208,11 @@ class Dispatcher:
         self._wake.clear()
         if self._cancels_to_check:
             await self._apply_cancels()
-        if self.claiming:
-            await self._claim()
+        lookup = await self._claim() if self.claiming else None
         await self._give_back_moved()
         self._start_ready()
+        if lookup is not None:
+            await self._arm_timer(lookup)
         await self._sleep()
 
     async def _apply_cancels(self) -> None:
@@ -229,12 +256,60 @@ class Dispatcher:
             if lane not in self._empty and len(buf) <= capacity // 2
         }
 
-    async def _claim(self) -> None:
+    def _narrow_wants(self) -> dict[Priority, int]:
+        """The lanes known empty that have room: a narrow claim asks them. A lane known
+        empty but too full to ask now forgets it was empty, so that it is asked in every
+        shard once it runs low (the named shards may hold its new work)."""
+        capacity = self._settings.lane_capacity
+        wants = {
+            lane: capacity - len(self.buffers[lane])
+            for lane in self._empty
+            if len(self.buffers[lane]) <= capacity // 2
+        }
+        self._empty &= set(wants)
+        return wants
+
+    async def _claim(self) -> DueLookup | None:
+        """Claim for the lanes that want work; return what the claim timer must look up."""
         shards = self._ownership.claimable
+        hinted, self._hinted = self._hinted.intersection(shards), set()
+        if hinted and (len(hinted) > MAX_HINTED_SHARDS or self._wants()):
+            self._forget_empty()  # every shard is visited anyway: ask every lane there
+            hinted = set()
+        if hinted:
+            try:
+                return await self._claim_narrow(sorted(hinted))
+            except BaseException:
+                self._hinted |= hinted  # not claimed: the retry must still look there
+                raise
         wants = self._wants()
         if not shards or not wants:
-            return
+            return None
         news_before = self._news
+        claimed = await self._claim_from(shards, wants)
+        if news_before != self._news:  # work may have come in after the claim's snapshot
+            return None
+        emptied = set(wants) - {job.priority for job in claimed}
+        return self._note_empty(shards, emptied)
+
+    async def _claim_narrow(self, shards: list[ShardId]) -> DueLookup | None:
+        """Ask the lanes known empty in the named shards only. Every tenant may offer a
+        lane's whole want there, so a lane that gets less is empty in them too."""
+        wants = self._narrow_wants()
+        if not wants:
+            return None
+        limit = max(wants.values())
+        claimed = await self._claim_from(shards, wants, limit=limit)
+        got = Counter(job.priority for job in claimed)
+        self._empty -= {lane for lane, want in wants.items() if got[lane] >= want}
+        short = {lane for lane in wants if lane in self._empty}
+        return DueLookup(shards, short) if short else None
+
+    async def _claim_from(
+        self, shards: list[ShardId], wants: dict[Priority, int], *, limit: int | None = None
+    ) -> list[ClaimedJob]:
+        """One claim round trip; ``limit`` bounds both the tenants visited per shard and
+        lane and the jobs each offers (default: the store's spread)."""
         self._claiming = frozenset(shards)
         try:
             async with self._conns.acquire() as conn:
@@ -245,13 +320,13 @@ class Dispatcher:
                     shards=shards,
                     lanes=wants,
                     cursors=self._cursors,
+                    per_shard_limit=limit,
+                    tenants_per_shard=limit,
                 )
-                self._take_in(claimed)
-                if news_before == self._news:  # else work may have come in after the snapshot
-                    emptied = set(wants) - {job.priority for job in claimed}
-                    await self._note_empty(conn, shards, emptied)
+            self._take_in(claimed)
         finally:
             self._claiming = frozenset()
+        return claimed
 
     def _take_in(self, claimed: list[ClaimedJob]) -> None:
         """Buffer claimed jobs (ending at once those cancelled while an earlier attempt
@@ -265,20 +340,23 @@ class Dispatcher:
             served = (job.tenant for job in claimed if job.priority is lane)
             self._cursors[lane] = execution.rotate_cursor(self._cursors[lane], served)
 
-    async def _note_empty(
-        self, conn: asyncpg.Connection, shards: list[ShardId], emptied: set[Priority]
-    ) -> None:
+    def _note_empty(self, shards: list[ShardId], emptied: set[Priority]) -> DueLookup | None:
         """Lanes whose claim came back empty are not asked again until new work or the
-        timer: arm the timer with the earliest run_at queued in the newly empty lanes."""
+        timer; the timer needs the earliest run_at queued in the newly empty lanes."""
         new = emptied - self._empty
         if not new:
-            return
+            return None
         if not self._empty:
             self._rescan_at = self._clock() + MAX_TIMER_S
         self._empty |= new
-        due = await execution.job_next_due(
-            conn, self._settings.pool, shards=shards, lanes=sorted(new)
-        )
+        return DueLookup(shards, new)
+
+    async def _arm_timer(self, lookup: DueLookup) -> None:
+        """Keep the earliest run_at queued in the looked-up lanes as the timer's deadline."""
+        async with self._conns.acquire() as conn:
+            due = await execution.job_next_due(
+                conn, self._settings.pool, shards=lookup.shards, lanes=sorted(lookup.lanes)
+            )
         if due is not None and (self._due is None or due < self._due):
             self._due = due
 

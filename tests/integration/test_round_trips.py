@@ -16,11 +16,12 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import pytest
-from worker_runtime_helpers import POOL, running_worker
+from worker_runtime_helpers import POOL, result_of, running_worker
 
 from jobpool import Client, Context, Registry
 from jobpool.cli.admin import DEFAULT_SHARDS
@@ -47,20 +48,44 @@ def _name(sql: str) -> str:
     return _NAMES.get(sql, "unnamed")
 
 
+@dataclass
+class Sent:
+    """What the worker sent: statements by name, and each claim's shards argument."""
+
+    names: Counter[str] = field(default_factory=Counter)
+    claimed_shards: list[list[int]] = field(default_factory=list)
+
+    def record(self, query: Any) -> None:
+        name = _name(query.query)
+        self.names[name] += 1
+        if name == "job_claim_batch":
+            self.claimed_shards.append(list(query.args[2]))
+
+
 @contextlib.asynccontextmanager
-async def counted_statements(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Counter[str]]:
-    """Statements sent on every connection of the pools created in the block, by name."""
-    sent: Counter[str] = Counter()
+async def sent_statements(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sent]:
+    """Statements sent on every connection of the pools created in the block."""
+    sent = Sent()
     create_pool = connect.create_pool
 
-    async def counting_pool(dsn: str, **options: Any) -> asyncpg.Pool:
+    async def recording_pool(dsn: str, **options: Any) -> asyncpg.Pool:
         async def init(conn: asyncpg.Connection) -> None:
-            conn.add_query_logger(lambda record: sent.update([_name(record.query)]))
+            conn.add_query_logger(sent.record)
 
         return await create_pool(dsn, init=init, **options)
 
-    monkeypatch.setattr(connect, "create_pool", counting_pool)
+    monkeypatch.setattr(connect, "create_pool", recording_pool)
     yield sent
+
+
+def _noop() -> Registry:
+    registry = Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object, ctx: Context) -> None:
+        """Does nothing: a drain is all claims and completions."""
+
+    return registry
 
 
 async def _drained(conn: asyncpg.Connection) -> None:
@@ -79,23 +104,40 @@ async def test_a_drain_at_the_defaults_sends_few_round_trips_per_job(
     await pool_ensure(conn, POOL, shards=DEFAULT_SHARDS)
     async with Client(dsn, pool=POOL, tenant="acme") as client:
         await client.submit("noop", [{"i": i} for i in range(JOBS)])
-    registry = Registry()
 
-    @registry.handler("noop")
-    async def noop(payload: object, ctx: Context) -> None:
-        """Does nothing: the drain is all claims and completions."""
-
-    async with counted_statements(monkeypatch) as sent, running_worker(dsn, registry):
+    async with sent_statements(monkeypatch) as sent, running_worker(dsn, _noop()):
         await _drained(conn)
 
     per_job = {
-        name: n for name, n in sent.items() if name != "unnamed" and not name.startswith(TIMED)
+        name: n
+        for name, n in sent.names.items()
+        if name != "unnamed" and not name.startswith(TIMED)
     }
-    assert per_job.get("job_claim_batch"), sent
-    assert per_job.get("job_finish_many"), sent
+    assert per_job.get("job_claim_batch"), sent.names
+    assert per_job.get("job_finish_many"), sent.names
     total = sum(per_job.values())
     print(f"\n{total} round trips for {JOBS:,} jobs: {dict(sorted(per_job.items()))}")
     assert total * 1000 / JOBS <= MAX_ROUND_TRIPS_PER_1000, (
         f"draining {JOBS:,} jobs took {total} round trips ({per_job}); "
         f"at most {MAX_ROUND_TRIPS_PER_1000} per 1,000 jobs expected"
     )
+
+
+async def test_a_submit_into_one_shard_makes_an_idle_worker_claim_from_it_alone(
+    dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's cost grows with the shards it visits: a job submitted into one shard
+    of 256 (its NOTIFY names the shard) is claimed from that shard alone, and the next
+    one too; the worker does not go through every shard it owns."""
+    await pool_ensure(conn, POOL, shards=256)
+    async with (
+        sent_statements(monkeypatch) as sent,
+        running_worker(dsn, _noop()),
+        Client(dsn, pool=POOL, tenant="acme") as client,
+    ):
+        for n in range(2):
+            before = len(sent.claimed_shards)
+            job = await client.submit("noop", {"n": n})
+            await result_of(client, job.id, timeout=30)
+
+            assert sent.claimed_shards[before:] == [[job.shard]]
