@@ -125,18 +125,20 @@ class _Frozen(BaseModel):
 
 
 MAX_TRACEBACK_CHARS = 4096
+MAX_ERROR_MESSAGE_CHARS = 2048
 
 
 class ErrorRecord(_Frozen):
     """One failed attempt, as kept in ``error_history``.
 
     ``traceback`` is the handler's formatted traceback when it raised, bounded to
-    ``MAX_TRACEBACK_CHARS`` (its end kept: the innermost frames and the error).
+    ``MAX_TRACEBACK_CHARS`` (its end kept: the innermost frames and the error);
+    ``message`` is bounded to ``MAX_ERROR_MESSAGE_CHARS`` (its start kept).
     """
 
     attempt: int
     error_type: str
-    message: str
+    message: str = Field(max_length=MAX_ERROR_MESSAGE_CHARS)
     at: datetime
     traceback: str | None = Field(default=None, max_length=MAX_TRACEBACK_CHARS)
 

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from jobpool.errors import HandlerMissing, Permanent
 from jobpool.models import (
+    MAX_ERROR_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
     ClaimedJob,
     ErrorRecord,
@@ -53,6 +54,7 @@ CANCELLED: Final = "cancelled"
 Ended = Literal["done", "timeout", "cancelled"]
 MAX_ATTEMPTS = "MaxAttempts"
 CUT_MARK = "... (start cut)\n"
+END_CUT_MARK = " ... (cut)"
 
 
 @dataclass
@@ -125,6 +127,8 @@ def bounded_traceback(exc: BaseException) -> str:
 def _error(
     job: ClaimedJob, error_type: str, message: str, exc: BaseException | None = None
 ) -> ErrorRecord:
+    if len(message) > MAX_ERROR_MESSAGE_CHARS:
+        message = message[: MAX_ERROR_MESSAGE_CHARS - len(END_CUT_MARK)] + END_CUT_MARK
     return ErrorRecord(
         attempt=job.attempt,
         error_type=error_type,

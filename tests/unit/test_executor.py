@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 import jobpool
 from jobpool.models import (
+    MAX_ERROR_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
     ClaimedJob,
     Finish,
@@ -36,7 +37,14 @@ from jobpool.models import (
     Retry,
 )
 from jobpool.worker import Context, Registry, RetryPolicy
-from jobpool.worker.executor import CUT_MARK, JobContext, Outcome, bounded_traceback, execute
+from jobpool.worker.executor import (
+    CUT_MARK,
+    END_CUT_MARK,
+    JobContext,
+    Outcome,
+    bounded_traceback,
+    execute,
+)
 from jobpool.worker.launcher import Launcher
 
 POLICY = RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.01)
@@ -191,6 +199,21 @@ def test_a_long_traceback_keeps_its_end_within_the_bound() -> None:
     assert len(text) == MAX_TRACEBACK_CHARS
     assert text.startswith(CUT_MARK)
     assert text.rstrip().endswith("x the end of the message")
+
+
+async def test_a_huge_error_message_keeps_its_start_within_the_bound() -> None:
+    registry = Registry()
+
+    @registry.handler("fails.loudly")
+    async def fails_loudly(payload: Any, ctx: Context) -> None:
+        raise ValueError("the start of the message " + "x" * 1_000_000)
+
+    outcome = await Attempts(registry).run(claimed("fails.loudly"))
+
+    assert isinstance(outcome, Retry)
+    assert len(outcome.error.message) == MAX_ERROR_MESSAGE_CHARS
+    assert outcome.error.message.startswith("the start of the message xxx")
+    assert outcome.error.message.endswith(END_CUT_MARK)
 
 
 # -- the attempt ends at its deadline ----------------------------------------------------
