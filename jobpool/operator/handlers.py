@@ -7,7 +7,8 @@ and apply the children. No orchestration beyond that.
 
 * **Invalid spec**: a Warning Event ``InvalidSpec``, ``Degraded=True`` (reason
   ``InvalidSpec``, the message naming the field) and ``Ready=False``, then a permanent
-  error: no child and no ring is touched, and kopf retries only when the spec changes.
+  error: no child, no ring and no schedule is touched, and kopf retries only when the
+  spec changes.
   A pool's shard count is fixed at creation: a spec whose ``shards`` differs from the
   pool's row in Postgres is refused the same way.
 * **The ring** (``pools.replicas`` and ``ring_version`` in Postgres, which the workers
@@ -20,6 +21,8 @@ and apply the children. No orchestration beyond that.
   simply own no shards until the retry). A ring change posts a ``Scaled`` Event.
 * **Children** are applied through ``context.Kube`` (the official client, server-side
   apply, in a thread). ``status.observedGeneration`` says which spec they reflect.
+* **Schedules**: ``spec.schedules`` become the pool's ``spec`` rows of the ``schedules``
+  table (added, changed, removed), which the workers' periodic service enqueues.
 * **Delete**: the children go with the JobPool through Kubernetes garbage collection
   (their owner references); the operator only posts an Event. The pool's row, its jobs,
   dead letters and ring stay in Postgres: deleting a custom resource must not lose
@@ -68,6 +71,7 @@ from jobpool.operator.spec import (
     parse_spec,
 )
 from jobpool.store.pools import pool_ensure, pool_set_replicas
+from jobpool.store.schedules import ScheduleSource, schedule_sync
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +123,17 @@ async def ensure_pool(context: OperatorContext, name: str, spec: JobPoolSpec) ->
     return pool
 
 
+async def sync_schedules(context: OperatorContext, name: str, spec: JobPoolSpec) -> None:
+    """Declare ``spec.schedules`` in Postgres (the pool's periodic service enqueues them)."""
+    try:
+        async with context.db.connection() as conn:
+            await schedule_sync(
+                conn, name, ScheduleSource.SPEC, [s.schedule() for s in spec.schedules]
+            )
+    except DatabaseUnavailable as exc:
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from None
+
+
 async def set_ring(context: OperatorContext, body: kopf.Body, pool: Pool, replicas: int) -> Pool:
     if pool.replicas == replicas:
         return pool
@@ -162,6 +177,7 @@ async def reconcile(
         await memo.kube.apply(child)
     if not shrinking:
         pool = await set_ring(memo, body, pool, spec.replicas)
+    await sync_schedules(memo, name, spec)
     generation = meta.get("generation")
     accept(body, patch, generation)
     patch.status["observedGeneration"] = generation

@@ -19,7 +19,7 @@ accepted on input. ``InvalidSpec`` names the offending field path, e.g.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -36,8 +36,17 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from jobpool.errors import InvalidInput, InvalidName
-from jobpool.models import POOL_NAME_PATTERN, check_pool_name
+from jobpool.cron import (
+    DEFAULT_TENANT,
+    DEFAULT_TIMEZONE,
+    MAX_CRON_LENGTH,
+    Schedule,
+    check_cron,
+    check_schedule_payload,
+    check_timezone,
+)
+from jobpool.errors import InvalidInput, InvalidName, InvalidPeriodic
+from jobpool.models import JOB_TYPE_PATTERN, POOL_NAME_PATTERN, check_pool_name
 
 GROUP = "jobpool.dev"
 VERSION = "v1alpha1"
@@ -211,6 +220,78 @@ class AutoscalingSpec(_SpecModel):
         return max_replicas
 
 
+JsonObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+MAX_SCHEDULES = 100
+
+
+class ScheduleSpec(_SpecModel):
+    """A periodic job: a job of ``type`` enqueued once per tick of ``cron``, pool-wide."""
+
+    name: str = Field(
+        max_length=128,
+        pattern=JOB_TYPE_PATTERN.pattern,
+        description="Unique in the pool; names each tick's job (periodic:<name>:<tick>).",
+    )
+    cron: str = Field(
+        min_length=1,
+        max_length=MAX_CRON_LENGTH,
+        description="Cron expression: 5 fields, or 6 with seconds first (*/10 * * * * *).",
+    )
+    type: str = Field(
+        max_length=128, pattern=JOB_TYPE_PATTERN.pattern, description="Job type enqueued."
+    )
+    payload: JsonObject = Field(
+        default_factory=dict,
+        description="Payload of every job (a JSON object).",
+        json_schema_extra={"default": {}},
+    )
+    timezone: str = Field(
+        default=DEFAULT_TIMEZONE,
+        min_length=1,
+        max_length=64,
+        description="IANA time zone the cron is read in (DST aware).",
+    )
+    priority: Literal["critical", "high", "normal", "low"] = Field(
+        default="normal", description="Priority of the jobs."
+    )
+    tenant: str = Field(
+        default=DEFAULT_TENANT, min_length=1, max_length=128, description="Tenant of the jobs."
+    )
+    catch_up: bool = Field(
+        default=False,
+        description="After downtime, enqueue every missed tick (else only the latest).",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, cron: str) -> str:
+        return _checked(check_cron, cron)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, timezone: str) -> str:
+        return _checked(check_timezone, timezone)
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, payload: Any) -> Any:
+        return _checked(check_schedule_payload, payload)
+
+    def schedule(self) -> Schedule:
+        """The schedule the operator declares in Postgres."""
+        return Schedule.declare(**self.model_dump())
+
+
+def _checked(check: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return check(value)
+    except InvalidPeriodic as exc:
+        raise PydanticCustomError("invalid_schedule", str(exc)) from None
+
+
 class JobPoolSpec(_SpecModel):
     """One pool of workers: a StatefulSet running one set of job handlers."""
 
@@ -283,6 +364,22 @@ class JobPoolSpec(_SpecModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Pull policy of the worker image."
     )
+    schedules: list[ScheduleSpec] = Field(
+        default_factory=list,
+        max_length=MAX_SCHEDULES,
+        description="Periodic jobs, each enqueued once per tick across all replicas.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedule_names(cls, schedules: list[ScheduleSpec]) -> list[ScheduleSpec]:
+        names = [s.name for s in schedules]
+        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+            raise PydanticCustomError(
+                "duplicate_schedule", "names {names} more than once", {"names": duplicates}
+            )
+        return schedules
 
 
 def _list_map(key: str) -> dict[str, Any]:
@@ -303,6 +400,19 @@ class OrdinalStatus(_StatusModel):
     running: int = Field(default=0, ge=0, description="Jobs it is running.")
     succeeded: int = Field(default=0, ge=0, description="Jobs it completed.")
     failed: int = Field(default=0, ge=0, description="Attempts that failed on it.")
+
+
+class ScheduleStatus(_StatusModel):
+    """One periodic schedule of the pool, as Postgres sees it."""
+
+    name: str = Field(description="Schedule name.")
+    cron: str = Field(description="Cron expression.")
+    timezone: str = Field(description="Time zone the cron is read in.")
+    source: Literal["code", "spec"] = Field(
+        description="Declared by the handler module (code) or spec.schedules (spec)."
+    )
+    last_tick: datetime | None = Field(default=None, description="The last tick enqueued.")
+    next_tick: datetime | None = Field(default=None, description="The tick enqueued next.")
 
 
 class Condition(_StatusModel):
@@ -349,6 +459,11 @@ class JobPoolStatus(_StatusModel):
     missing_ordinals: list[int] = Field(
         default_factory=list,
         description="Ordinals whose shards are adopted or unserved (Degraded OrdinalsMissing).",
+    )
+    schedules: list[ScheduleStatus] = Field(
+        default_factory=list,
+        description="Periodic schedules: last tick enqueued and next tick.",
+        json_schema_extra=_list_map("name"),
     )
     conditions: list[Condition] = Field(
         default_factory=list,

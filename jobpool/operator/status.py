@@ -64,6 +64,7 @@ from jobpool.sharding import ordinal_for
 from jobpool.store.dlq import dlq_count_pending
 from jobpool.store.leases import lease_health
 from jobpool.store.pools import pool_get
+from jobpool.store.schedules import ScheduleRow, schedule_list
 from jobpool.store.stats import (
     db_now,
     dlq_count_recent,
@@ -122,6 +123,7 @@ class PoolFigures:
     replicas: int | None = None  # the ring in the pool's row
     orphaned_shards: tuple[int, ...] = ()  # free or expired past the grace period
     adopted_shards: tuple[int, ...] = ()  # served by an ordinal that adopted them
+    schedules: Sequence[ScheduleRow] = ()  # the pool's periodic schedules
 
     @property
     def queued_total(self) -> int:
@@ -362,7 +364,21 @@ def figures_status(figures: PoolFigures) -> dict[str, Any]:
         "shardsWithoutLiveOwner": len(figures.orphaned_shards),
         "adoptedShards": len(figures.adopted_shards),
         "missingOrdinals": missing_ordinals(figures),
+        "schedules": [schedule_status(row, figures.now) for row in figures.schedules],
         **({"ringVersion": figures.ring_version} if figures.ring_version is not None else {}),
+    }
+
+
+def schedule_status(row: ScheduleRow, now: datetime) -> dict[str, Any]:
+    """One periodic schedule: its cron and zone, the last tick enqueued and the next."""
+    upcoming = row.next_tick(now)
+    return {
+        "name": row.schedule.name,
+        "cron": row.schedule.cron,
+        "timezone": row.schedule.timezone,
+        "source": row.source.value,
+        **({"lastTick": rfc3339(row.last_tick)} if row.last_tick is not None else {}),
+        **({"nextTick": rfc3339(upcoming)} if upcoming is not None else {}),
     }
 
 
@@ -431,6 +447,7 @@ async def read_figures(
             replicas=row.replicas if row is not None else None,
             orphaned_shards=tuple(health.orphaned),
             adopted_shards=tuple(health.adopted),
+            schedules=tuple(await schedule_list(conn, pool)),
         )
 
 
