@@ -87,11 +87,13 @@ class Ownership:
         """Shards to claim from: held, kept, lease surely valid."""
         if self._clock() >= self.valid_until:
             return []
-        return sorted(s for s in self.held if s in self.keeps)
+        keeps = self.keeps
+        return sorted(s for s in self.held if s in keeps)
 
     def serves(self, shard: ShardId) -> bool:
-        """Whether attempts of ``shard`` may still start here (held and kept)."""
-        return shard in self.held and shard in self.keeps
+        """Whether attempts of ``shard`` may still start here (held and kept). Asked for
+        every buffered job at every dispatcher step: no set is built."""
+        return shard in self.held and (shard in self.wanted or shard in self.adopted)
 
     @property
     def settled(self) -> bool:
