@@ -67,8 +67,20 @@ def test_the_examples_are_valid(cluster: Cluster, namespace: str, example: str) 
         ),
         (jobpool(replicas=-1), "spec.replicas"),
         (jobpool(shards=0), "spec.shards"),
+        (
+            jobpool(schedules=[{"name": "n", "cron": "* * * * *", "type": "t"}] * 2),
+            "spec.schedules[1]: Duplicate value",
+        ),
     ],
-    ids=["name-pattern", "name-length", "reserved-env", "autoscaling-range", "replicas", "shards"],
+    ids=[
+        "name-pattern",
+        "name-length",
+        "reserved-env",
+        "autoscaling-range",
+        "replicas",
+        "shards",
+        "schedule-names",
+    ],
 )
 def test_an_invalid_jobpool_is_refused_by_the_apiserver(
     cluster: Cluster, namespace: str, manifest: dict[str, Any], message: str
