@@ -23,7 +23,7 @@ from jobpool.store.connect import create_pool
 from jobpool.store.schedules import ScheduleSource, schedule_enqueue, schedule_list, schedule_sync
 from jobpool.store.stats import db_now
 from jobpool.worker import Registry
-from jobpool.worker.periodic import PeriodicService
+from jobpool.worker.periodic import SYNC_INTERVAL_S, PeriodicService
 
 _TEST = {"loop_scope": "session", "scope": "function"}
 ENQUEUERS = 6
@@ -220,3 +220,20 @@ async def test_a_worker_runs_its_modules_periodic_jobs(dsn: str, conn: asyncpg.C
     assert set(counts.values()) == {1}
     (row,) = await schedule_list(conn, POOL)
     assert (row.source, row.schedule.payload) == (ScheduleSource.CODE, {"from": "code"})
+
+
+async def test_the_enqueuer_declares_its_modules_schedules_again_every_sync_interval(
+    conn: asyncpg.Connection, worker_conns: list[asyncpg.Pool]
+) -> None:
+    """A spec schedule that overrode a code one and went away: the code one is back at the
+    next sync of the worker running the periodic service."""
+    (service,) = services(worker_conns[:1], EVERY_MINUTE)
+    start = await db_now(conn)
+    await service.run_once(start)
+    await schedule_sync(conn, POOL, ScheduleSource.SPEC, [EVERY_MINUTE])
+    await schedule_sync(conn, POOL, ScheduleSource.SPEC, [])
+
+    await service.run_once(start + timedelta(seconds=SYNC_INTERVAL_S / 2))
+    assert await schedule_list(conn, POOL) == []
+    await service.run_once(start + timedelta(seconds=SYNC_INTERVAL_S))
+    assert [row.source for row in await schedule_list(conn, POOL)] == [ScheduleSource.CODE]

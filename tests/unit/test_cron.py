@@ -204,3 +204,18 @@ def test_a_schedule_refuses_bad_fields(options: dict[str, object], problem: str)
     fields = {"name": "s", "cron": "* * * * *", "type": "report", **options}
     with pytest.raises(ValidationError, match=problem):
         Schedule(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cron", "after", "expected"),
+    [
+        ("0 0 L * *", utc(2025, 2, 1), utc(2025, 2, 28)),  # the last day of the month
+        ("0 0 LW * *", utc(2025, 5, 1), utc(2025, 5, 30)),  # last weekday (31st: Saturday)
+        ("0 0 * * MON#2", utc(2025, 2, 1), utc(2025, 2, 10)),  # the second Monday
+        ("0 0 1 JAN *", utc(2025, 6, 1), utc(2026, 1, 1)),  # month names
+    ],
+)
+def test_cronsims_extensions_read_as_documented(
+    cron: str, after: datetime, expected: datetime
+) -> None:
+    assert schedule(cron).next_tick(after) == expected
