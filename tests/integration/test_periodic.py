@@ -20,6 +20,7 @@ from worker_runtime_helpers import POOL, running_worker
 from jobpool.cron import CATCH_UP_LIMIT, Schedule
 from jobpool.models import Pool, Priority
 from jobpool.store.connect import create_pool
+from jobpool.store.roles import RoleKind, role_grant
 from jobpool.store.schedules import ScheduleSource, schedule_enqueue, schedule_list, schedule_sync
 from jobpool.store.stats import db_now
 from jobpool.worker import Registry
@@ -237,3 +238,28 @@ async def test_the_enqueuer_declares_its_modules_schedules_again_every_sync_inte
     assert await schedule_list(conn, POOL) == []
     await service.run_once(start + timedelta(seconds=SYNC_INTERVAL_S))
     assert [row.source for row in await schedule_list(conn, POOL)] == [ScheduleSource.CODE]
+
+
+async def test_a_client_role_reads_its_tenants_schedules_and_writes_none(
+    conn: asyncpg.Connection, dsn: str, pool: Pool
+) -> None:
+    """Row-level security on ``schedules``: a client bound to acme sees acme's schedule
+    only, and may not declare or move one (only workers and the operator write them)."""
+    acme = EVERY_MINUTE.model_copy(update={"name": "acme-report", "tenant": "acme"})
+    await schedule_sync(conn, POOL, ScheduleSource.SPEC, [acme, EVERY_MINUTE])
+    await role_grant(conn, pg.CLIENT, RoleKind.CLIENT, tenants=["acme"])
+    client = await asyncpg.connect(
+        pg.as_role(dsn, pg.CLIENT), server_settings={"jobpool.tenant": "acme"}
+    )
+    try:
+        assert [row.schedule.name for row in await schedule_list(client, POOL)] == ["acme-report"]
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await schedule_sync(client, POOL, ScheduleSource.SPEC, [])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await client.execute("UPDATE schedules SET last_tick = now()")
+    finally:
+        await client.close()
+    owner, rls = await conn.fetchrow(
+        "SELECT pg_get_userbyid(relowner), relrowsecurity FROM pg_class WHERE relname = 'schedules'"
+    )
+    assert (owner, rls) == ("jobpool_owner", True)
