@@ -148,7 +148,14 @@ CASES: dict[str, dict[str, Any]] = {
         "nameOverride": "jp",
         "image": {"digest": "sha256:" + "ab" * 32, "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
-        "database": {"secretName": "pg", "secretKey": "uri", "createSecret": True, "dsn": DSN},
+        "database": {
+            "secretName": "pg",
+            "secretKey": "uri",
+            "createSecret": True,
+            "dsn": DSN,
+            "migrationSecretName": "pg-owner",
+            "migrationSecretKey": "owner-uri",
+        },
         "operator": {
             "replicas": 3,
             "scope": "namespaced",

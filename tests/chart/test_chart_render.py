@@ -9,6 +9,7 @@ accepts, the migration hook, the DSN Secret, the peering object, the ServiceMoni
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -218,7 +219,10 @@ def test_the_dsn_appears_only_in_its_secret(chart: Chart, case: str) -> None:
         (secret,) = secrets
         database = values_of(case)["database"]
         assert secret["metadata"]["name"] == database.get("secretName", "jobpool-database")
-        assert secret["stringData"] == {database.get("secretKey", "dsn"): DSN}
+        assert secret["stringData"] == {
+            database.get("secretKey", "dsn"): DSN,
+            "checksum-salt": secret["stringData"]["checksum-salt"],
+        }
     else:
         assert secrets == []
 
@@ -269,6 +273,41 @@ def test_pod_settings_reach_the_operator_pod(chart: Chart) -> None:
     assert {"name": "JOBPOOL_STATUS_INTERVAL", "value": "2.5"} in env
 
 
+# -- the checksum/database annotation ------------------------------------------------------
+
+
+def checksum_and_salt(manifests: list[Manifest]) -> tuple[str, str]:
+    pod = only(manifests, "Deployment")["spec"]["template"]
+    return pod["metadata"]["annotations"]["checksum/database"], only(manifests, "Secret")[
+        "stringData"
+    ]["checksum-salt"]
+
+
+@pytest.mark.parametrize("case", ["created-secret", "migration-created-secret", "everything"])
+def test_the_checksum_is_salted_with_the_secrets_salt(chart: Chart, case: str) -> None:
+    """sha256 of the Secret's salt and the DSN: a guessed DSN cannot be confirmed from
+    the Deployment (the salt is in the Secret only), and nothing of the DSN shows."""
+    checksum, salt = checksum_and_salt(chart.template(values_of(case)))
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", salt)
+    assert checksum == hashlib.sha256(f"{salt}\n{DSN}".encode()).hexdigest()
+    assert hashlib.sha256(DSN.encode()).hexdigest()[:16] not in checksum  # the old, unsalted one
+
+
+def test_helm_template_draws_a_new_salt_at_each_render(chart: Chart) -> None:
+    """``lookup`` needs a cluster: without one (``helm template``, ``--dry-run``) no salt
+    is found to keep, so each render draws its own (tests/k8s keeps it across upgrades)."""
+    renders = [chart.template_run(values_of("created-secret")) for _ in range(2)]
+    drawn = [checksum_and_salt([d for d in yaml.safe_load_all(r.stdout) if d]) for r in renders]
+    assert drawn[0][1] != drawn[1][1]
+    assert drawn[0][0] != drawn[1][0]
+
+
+def test_no_checksum_without_a_chart_made_secret(chart: Chart) -> None:
+    """An existing Secret is not the chart's to read: a change of it needs a restart."""
+    pod = only(chart.template(values_of("migration")), "Deployment")["spec"]["template"]
+    assert "checksum/database" not in pod["metadata"].get("annotations", {})
+
+
 # -- hooks, peering, monitoring, NOTES ----------------------------------------------------
 
 
@@ -285,8 +324,36 @@ def test_the_migration_job_is_an_optional_pre_install_hook(chart: Chart) -> None
     main = container(job)
     assert main["args"] == ["migrate"]
     assert main["securityContext"]["readOnlyRootFilesystem"] is True
-    assert main["env"][0]["name"] == "JOBPOOL_DSN"
     assert find(manifests, "Secret") == []  # an existing Secret: nothing to hook
+
+
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        ({}, ("jobpool-database", "dsn")),  # the operator's Secret: an owner login then
+        ({"migrationSecretName": "jobpool-owner"}, ("jobpool-owner", "dsn")),
+        ({"migrationSecretKey": "owner-dsn"}, ("jobpool-database", "owner-dsn")),
+        (
+            {"secretName": "pg", "migrationSecretName": "pg-owner", "migrationSecretKey": "u"},
+            ("pg-owner", "u"),
+        ),
+    ],
+)
+def test_migrations_and_the_operator_read_their_own_secrets(
+    chart: Chart, database: dict[str, str], expected: tuple[str, str]
+) -> None:
+    """The migration Job needs a jobpool_owner login, the operator one of
+    jobpool_operator: each reads the Secret (and key) its values name."""
+    manifests = chart.template({"migration": {"enabled": True}, "database": database})
+    (migrate_env,) = container(only(manifests, "Job"))["env"]
+    assert migrate_env["name"] == "JOBPOOL_DSN"
+    name, key = expected
+    assert migrate_env["valueFrom"]["secretKeyRef"] == {"name": name, "key": key}
+    operator_env = {e["name"]: e for e in container(only(manifests, "Deployment"))["env"]}
+    assert operator_env["JOBPOOL_DSN"]["valueFrom"]["secretKeyRef"] == {
+        "name": database.get("secretName", "jobpool-database"),
+        "key": "dsn",
+    }
 
 
 def test_a_created_secret_is_a_hook_before_the_migration(chart: Chart) -> None:
@@ -298,6 +365,10 @@ def test_a_created_secret_is_a_hook_before_the_migration(chart: Chart) -> None:
     job_weight = int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
     assert hooked["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert secret_weight < job_weight
+    # A migration Job that reads another Secret leaves the operator's a release object.
+    values = values_of("migration-created-secret")
+    values["database"]["migrationSecretName"] = "jobpool-owner"
+    assert "annotations" not in only(chart.template(values), "Secret")["metadata"]
 
 
 @pytest.mark.parametrize("case", ["defaults", "namespaced-teams", "standalone"])
@@ -381,6 +452,9 @@ def test_notes_say_what_to_do_next(chart: Chart, tmp_path: Path) -> None:
     assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
     assert "kind: JobPool" in notes
     assert "kubectl get jobpools -A" in notes
+    assert "no more than the role jobpool_operator" in notes
+    assert "DSN for a jobpool_worker login" in notes
+    assert "keep the schema current with an owner login" in notes
     assert "serves JobPools in every namespace" in notes
     assert "kubectl apply --server-side -f charts/jobpool/crds/" in notes
     assert "{{" not in notes
@@ -390,6 +464,8 @@ def test_notes_say_what_to_do_next(chart: Chart, tmp_path: Path) -> None:
     assert "ServiceMonitor" in teams
     created = render_notes(chart, tmp_path / "created", values_of("created-secret"))
     assert "stored your DSN in the Secret jobpool-database" in created
+    migrating = render_notes(chart, tmp_path / "migrating", values_of("everything"))
+    assert "the migration Job reads the Secret pg-owner, which needs a jobpool_owner" in migrating
     assert "s3cret" not in created
 
 

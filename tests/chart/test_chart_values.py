@@ -58,6 +58,22 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         {"database": {"dsn": "postgresql://u:pw@db/x"}},
         "'/database/dsn': maxLength",
     ),
+    "the salt's key as the DSN's": (
+        {"database": {"secretKey": "checksum-salt"}},
+        "'/database/secretKey'",
+    ),
+    "migration secret without the migration Job": (
+        {"database": {"migrationSecretName": "jobpool-owner"}},
+        "'/database/migrationSecretName': maxLength",
+    ),
+    "migration key without the migration Job": (
+        {"database": {"migrationSecretKey": "owner-dsn"}},
+        "'/database/migrationSecretKey': maxLength",
+    ),
+    "bad migration secret name": (
+        {"migration": {"enabled": True}, "database": {"migrationSecretName": "Owner DB"}},
+        "'/database/migrationSecretName'",
+    ),
     "existing service account without name": (
         {"serviceAccount": {"create": False}},
         "'/serviceAccount/name'",
@@ -74,6 +90,25 @@ def test_a_bad_value_fails_naming_it(chart: Chart, case: str) -> None:
     linted = chart.lint(values)
     assert linted.returncode != 0, f"helm lint accepted {values}"
     assert named in linted.stdout + linted.stderr, linted.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"database": {"secretKey": "checksum-salt"}}, 'database.secretKey is "checksum-salt"'),
+        (
+            {"database": {"migrationSecretKey": "owner-dsn"}},
+            "database.migrationSecretName or database.migrationSecretKey is set, but "
+            "migration.enabled is false",
+        ),
+    ],
+)
+def test_templates_repeat_the_database_rules_without_the_schema(
+    chart: Chart, values: dict[str, Any], message: str
+) -> None:
+    rendered = chart.template_run(values, extra=("--skip-schema-validation",))
+    assert rendered.returncode != 0
+    assert message in rendered.stderr, rendered.stderr
 
 
 def test_a_dsn_of_another_database_fails_without_showing_it(chart: Chart) -> None:

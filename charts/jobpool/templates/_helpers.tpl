@@ -87,13 +87,46 @@ app.kubernetes.io/component: operator
 {{- if eq .Values.operator.scope "cluster" }}true{{ end }}
 {{- end }}
 
-{{/* The container env that gives a pod the operator's database DSN. */}}
+{{/* The container env that gives a pod a DSN: (list secretName secretKey). */}}
 {{- define "jobpool.dsnEnv" -}}
 - name: JOBPOOL_DSN
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.database.secretName }}
-      key: {{ .Values.database.secretKey }}
+      name: {{ index . 0 }}
+      key: {{ index . 1 }}
+{{- end }}
+
+{{/* The Secret of the migration Job's DSN (an owner login): by default the operator's. */}}
+{{- define "jobpool.migrationSecretName" -}}
+{{- default .Values.database.secretName .Values.database.migrationSecretName }}
+{{- end }}
+
+{{- define "jobpool.migrationDsnEnv" -}}
+{{- $key := default .Values.database.secretKey .Values.database.migrationSecretKey }}
+{{- include "jobpool.dsnEnv" (list (include "jobpool.migrationSecretName" .) $key) }}
+{{- end }}
+
+{{/*
+The salt of the checksum/database annotation: 32 random characters (crypto/rand) drawn
+at the first install and kept in the chart's DSN Secret (key checksum-salt), where
+`lookup` finds them again at each upgrade, so the annotation changes only with the DSN.
+Kept in the render's values too, so that the Secret and the Deployment see one salt
+(the schema refuses this key from users). `helm template` and `--dry-run` have no
+cluster: lookup is empty there, and each render draws a new salt.
+*/}}
+{{- define "jobpool.databaseSalt" -}}
+{{- if not (hasKey .Values "__databaseSalt") }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.database.secretName }}
+{{- $kept := dig "data" "checksum-salt" "" $secret | b64dec }}
+{{- $_ := set .Values "__databaseSalt" (default (randAlphaNum 32) $kept) }}
+{{- end }}
+{{- .Values.__databaseSalt }}
+{{- end }}
+
+{{/* sha256 of the salt and the DSN: a new DSN restarts the operator, and a guessed DSN
+cannot be confirmed from the Deployment without the Secret's salt. */}}
+{{- define "jobpool.databaseChecksum" -}}
+{{- printf "%s\n%s" (include "jobpool.databaseSalt" .) .Values.database.dsn | sha256sum }}
 {{- end }}
 
 {{/* A writable /tmp on a read-only root filesystem. */}}
