@@ -54,7 +54,6 @@ from chaos_history import check  # noqa: E402
 from chaos_load import Chaos, chaos_run, read_history  # noqa: E402
 
 from jobpool.sharding import ordinal_for  # noqa: E402
-from jobpool.store.migrate import migrate  # noqa: E402
 
 TICK_S = 0.2
 FROZEN_TTLS = 3
@@ -205,11 +204,7 @@ async def soak_run(
     args: argparse.Namespace, server: RestartableServer, log_dir: Path
 ) -> tuple[bool, str]:
     """The whole soak; returns whether the verdict is clean, and the report."""
-    conn = await asyncpg.connect(server.uri)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    await server.migrate()
     # The fleet prints every worker's log when it closes: into a file, not the report.
     with (log_dir / "workers.log").open("w") as logs, contextlib.redirect_stdout(logs):
         async with chaos_run(

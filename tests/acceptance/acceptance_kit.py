@@ -6,6 +6,11 @@ SIGTERM) and stamps each signal with the wall clock the handlers also use (see
 ``handlers.py``). Its ``close()`` kills whatever is still running and prints every
 log, which pytest shows for a failed test.
 
+The processes run with exactly the privileges a deployment gives them: a worker
+connects as the suite's ``jobpool_worker`` login, ``jobpool ring`` as its
+``jobpool_operator`` login (``pg.as_role``). The test's superuser DSN serves only the
+test's own side: its client, its checks, and the handlers' ``test_attempts`` table.
+
 Waiting is bounded polling of the database (every 50 ms up to a deadline): tests wait
 for conditions, they never assert on elapsed time.
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import pg
 from handlers import ATTEMPTS_DSN_ENV
 
 from jobpool.sharding import ordinal_for
@@ -135,6 +141,9 @@ class Fleet:
 
     def __init__(self, dsn: str, log_dir: Path) -> None:
         self.dsn = dsn
+        """The test's superuser DSN: its own side, never a worker's."""
+        self.worker_dsn = pg.as_role(dsn, pg.WORKER)
+        self.operator_dsn = pg.as_role(dsn, pg.OPERATOR)
         self.log_dir = log_dir
         self.procs: list[WorkerProcess] = []
 
@@ -164,7 +173,7 @@ class Fleet:
         # fmt: off
         argv = [
             sys.executable, "-m", "jobpool", "worker",
-            "--pool", POOL, "--app", app, "--ordinal", str(ordinal), "--dsn", self.dsn,
+            "--pool", POOL, "--app", app, "--ordinal", str(ordinal), "--dsn", self.worker_dsn,
             "--lease-ttl", str(lease_ttl), "--concurrency", str(concurrency),
             "--drain-timeout", str(drain_timeout), "--metrics-port", "0",
             "--log-level", "debug", *extra_args,
@@ -187,7 +196,7 @@ class Fleet:
         """``jobpool ring --replicas N``, the real command."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jobpool", "ring", "--pool", POOL,
-            "--replicas", str(replicas), "--dsn", self.dsn,
+            "--replicas", str(replicas), "--dsn", self.operator_dsn,
             cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         output, _ = await process.communicate()

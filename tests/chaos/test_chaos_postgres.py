@@ -9,13 +9,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import pytest_asyncio
 from chaos_fleet import RestartableServer, restartable_server
 from chaos_load import Chaos, chaos_run, final_verdict, progress, running
-
-from jobpool.store.migrate import migrate
 
 OUTAGES = 2
 OUTAGE_S = 3.0
@@ -25,11 +22,7 @@ REPLICAS = 2
 @pytest_asyncio.fixture(loop_scope="session")
 async def restartable(tmp_path: Path) -> AsyncIterator[tuple[RestartableServer, Chaos]]:
     with restartable_server() as server:
-        conn = await asyncpg.connect(server.uri)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+        await server.migrate()
         async with chaos_run(server.uri, tmp_path, replicas=REPLICAS) as run:
             yield server, run
 
