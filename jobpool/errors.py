@@ -54,6 +54,11 @@ class InvalidPeriodic(InvalidInput):
     payload, or a name already taken."""
 
 
+class KeyedEnqueueIsolation(InvalidInput):
+    """Jobs with a ``key`` enqueued in a REPEATABLE READ or SERIALIZABLE transaction: their
+    order is decided against the key's latest jobs, which such a snapshot may not see."""
+
+
 class InvalidDsn(InvalidInput):
     """A connection string the driver cannot parse (bad scheme, port, host or option)."""
 
@@ -73,6 +78,11 @@ class PoolNotFound(JobpoolError, LookupError):
 
 class JobNotFound(JobpoolError, LookupError):
     """No job with this id exists in this pool for this tenant."""
+
+
+class JobHistoryDropped(JobNotFound):
+    """The job is not in its pool's history, and any job created when its id says ended
+    before the pool's retention dropped that part of the history."""
 
 
 class JobAlreadyFinished(JobpoolError):

@@ -85,9 +85,11 @@ _RANK_PRIORITY = {rank: priority for priority, rank in _PRIORITY_RANK.items()}
 
 
 class JobState(StrEnum):
-    """Where a job is in its lifecycle; the last three are terminal."""
+    """Where a job is in its lifecycle; the last three are terminal. ``waiting``: a job
+    with a key behind an unfinished job of the same key (it runs after it)."""
 
     QUEUED = "queued"
+    WAITING = "waiting"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     CANCELLED = "cancelled"

@@ -326,7 +326,7 @@ def _totals_table(snapshot: Snapshot) -> Table:
     table = Table(title="totals", title_justify="left", title_style="bold")
     table.add_column("jobs")
     table.add_column("", justify="right")
-    for state in (JobState.QUEUED, JobState.RUNNING):
+    for state in (JobState.QUEUED, JobState.WAITING, JobState.RUNNING):
         table.add_row(state.value, str(snapshot.total(state)))
     for state in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED):
         table.add_row(f"{state.value} (last {RECENT_S:.0f}s)", str(snapshot.total(state)))

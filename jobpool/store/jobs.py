@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import asyncpg
 from asyncpg import Connection, Record
 
-from jobpool.errors import AccessDenied, InvalidInput, JobAlreadyFinished, JobNotFound
+from jobpool.errors import (
+    AccessDenied,
+    InvalidInput,
+    JobAlreadyFinished,
+    JobNotFound,
+    KeyedEnqueueIsolation,
+)
 from jobpool.models import (
     CancelOutcome,
     Job,
@@ -76,7 +82,7 @@ def _new_job(pool: str, tenant: str, job: NewJob, row: Record) -> Job:
         type=job.type,
         priority=job.priority,
         shard=job.shard,
-        state=JobState.QUEUED,
+        state=JobState(row["state"]),
         run_at=row["run_at"],
         created_at=row["created_at"],
         dedupe_key=job.dedupe_key,
@@ -146,6 +152,8 @@ async def _insert(
         ) from None
     except asyncpg.CheckViolationError as exc:
         raise InvalidInput(f"the database refused the job ({exc.constraint_name})") from None
+    except asyncpg.InvalidTransactionStateError as exc:
+        raise KeyedEnqueueIsolation(str(exc)) from None
 
 
 async def _resolve_duplicates(
@@ -186,7 +194,7 @@ async def job_cancel(conn: Connection, pool: str, tenant: str, job_id: JobId) ->
         if finished is not None:
             raise JobAlreadyFinished(f"job {job_id} already ended {finished}")
         raise JobNotFound(f"no job {job_id} in pool {pool!r} for tenant {tenant!r}")
-    if row["state"] == JobState.QUEUED:
+    if row["state"] in (JobState.QUEUED, JobState.WAITING):
         await conn.execute(QUERIES["job_notify"], channels.events_channel(pool), str(job_id))
         return CancelOutcome.CANCELLED
     # A hint without the job: each worker reads its own attempts' rows to act on it.

@@ -32,7 +32,15 @@ SELECT set_config('jobpool.tenant', $1, true);
 -- One round trip for a whole batch, NOTIFY included: the pool's workers are woken
 -- once, at commit, and only if a row was inserted. A dedupe key already held by an
 -- unfinished job (or earlier in the same batch) is skipped and resolved afterwards.
-WITH inserted AS (
+-- The batch's keys are locked first, in one order (the InitPlan runs before any row is
+-- inserted): the insert trigger then re-takes locks it holds, and two batches sharing
+-- keys cannot deadlock on them.
+WITH keys_locked AS (
+    SELECT count(*) AS keys
+    FROM (SELECT jobpool_key_lock($1, $2, k)
+          FROM (SELECT DISTINCT k FROM unnest($8::text[]) AS k WHERE k IS NOT NULL
+                ORDER BY k) AS sorted) AS locked
+), inserted AS (
     INSERT INTO jobs (
         id, pool, tenant, shard, type, priority, payload, routing_key, dedupe_key,
         run_at, max_attempts, duration, request_id, user_id, traceparent, replay_of
@@ -46,11 +54,12 @@ WITH inserted AS (
         $15::text[], $16::bigint[]
     ) AS i (id, shard, type, priority, payload, routing_key, dedupe_key, run_at,
             max_attempts, duration, request_id, user_id, traceparent, replay_of)
+    WHERE (SELECT keys FROM keys_locked) >= 0
     ON CONFLICT (pool, tenant, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
-    RETURNING id, run_at, created_at
+    RETURNING id, state, run_at, created_at
 )
 -- The uncorrelated subquery is an InitPlan: evaluated once, on the first row returned.
-SELECT id, run_at, created_at, (SELECT 1 FROM pg_notify($17, $18)) AS woken
+SELECT id, state, run_at, created_at, (SELECT 1 FROM pg_notify($17, $18)) AS woken
 FROM inserted;
 
 -- name: job_find_by_dedupe_keys
@@ -505,10 +514,10 @@ SELECT ordinal, incarnation, started_at, heartbeat_at, shards, running, succeede
 FROM workers WHERE pool = $1 ORDER BY ordinal;
 
 -- name: pool_queue_counts
--- Due queued jobs (run_at passed) and running jobs of the pool; queued jobs not yet
--- due (delayed, backing off before a retry) are not counted.
+-- Due queued jobs (run_at passed), running jobs and jobs waiting behind their key's head;
+-- queued jobs not yet due (delayed, backing off before a retry) are not counted.
 SELECT priority, state, count(*) AS jobs FROM jobs
-WHERE pool = $1 AND (state = 'running' OR run_at <= now())
+WHERE pool = $1 AND (state <> 'queued' OR run_at <= now())
 GROUP BY priority, state;
 
 -- name: pool_oldest_queued_seconds
