@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from jobpool.errors import InvalidJobType, InvalidPeriodic
 from jobpool.models import JSON, Priority, check_job_type, check_tenant
@@ -94,46 +94,24 @@ class Schedule(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str = Field(description="unique in the pool; names the jobs' dedupe keys")
-    cron: str = Field(description="5 fields, or 6 with seconds first")
-    type: str = Field(description="the job type enqueued")
-    payload: JSON = Field(default_factory=dict, description="the payload of every job")
-    timezone: str = Field(default=DEFAULT_TIMEZONE, description="IANA zone the cron reads in")
+    name: Annotated[str, AfterValidator(check_schedule_name)] = Field(
+        description="unique in the pool; names the jobs' dedupe keys"
+    )
+    cron: Annotated[str, AfterValidator(check_cron)] = Field(
+        description="5 fields, or 6 with seconds first"
+    )
+    type: Annotated[str, AfterValidator(check_job_type)] = Field(description="the job type")
+    payload: Annotated[JSON, AfterValidator(check_schedule_payload)] = Field(
+        default_factory=dict, description="the payload of every job"
+    )
+    timezone: Annotated[str, AfterValidator(check_timezone)] = Field(
+        default=DEFAULT_TIMEZONE, description="IANA zone the cron reads in"
+    )
     priority: Priority = Priority.NORMAL
-    tenant: str = DEFAULT_TENANT
+    tenant: Annotated[str, AfterValidator(check_tenant)] = DEFAULT_TENANT
     catch_up: bool = Field(
         default=False, description="enqueue every missed tick, not only the latest"
     )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_schedule_name(value)
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        return check_cron(value)
-
-    @field_validator("type")
-    @classmethod
-    def _type(cls, value: str) -> str:
-        return check_job_type(value)
-
-    @field_validator("payload")
-    @classmethod
-    def _payload(cls, value: Any) -> Any:
-        return check_schedule_payload(value)
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        return check_timezone(value)
-
-    @field_validator("tenant")
-    @classmethod
-    def _tenant(cls, value: str) -> str:
-        return check_tenant(value)
 
     @classmethod
     def declare(cls, **fields: Any) -> Schedule:

@@ -8,18 +8,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from test_operator import SPEC as POOL_SPEC
 
 from jobpool.cron import Schedule
 from jobpool.operator.status import schedule_status
 from jobpool.store.schedules import ScheduleRow, ScheduleSource, schedule_list
 
-SPEC = {
-    "replicas": 1,
-    "image": "registry.example/app:1.0",
-    "app": "app.jobs:registry",
-    "shards": 16,
-    "database": {"secretRef": {"name": "pool-db", "key": "dsn"}},
-}
+SPEC = {**POOL_SPEC, "replicas": 1}
 NIGHTLY = {
     "name": "nightly",
     "cron": "30 2 * * *",
