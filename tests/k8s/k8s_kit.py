@@ -94,6 +94,8 @@ class Cluster:
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "KUBECONFIG": str(self.kubeconfig),
+            # kubectl caches discovery under $HOME/.kube: keep it in the plane's workdir.
+            "HOME": str(self.kubeconfig.parent),
         }
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
