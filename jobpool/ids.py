@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from jobpool.models import JobId
 
 _VERSION_MASK = ~(0xF << 76) & ~(0x3 << 62)
 _VERSION_BITS = (0x7 << 76) | (0x2 << 62)  # version 7, RFC 9562 variant
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
 
 
 def new_job_id() -> JobId:
@@ -34,3 +37,9 @@ def new_job_ids(count: int) -> list[JobId]:
         )
         for i in range(0, 10 * count, 10)
     ]
+
+
+def job_id_time(job_id: JobId) -> datetime:
+    """When the id was made: its 48-bit Unix milliseconds (clamped to what ``datetime``
+    holds, for a UUID that is no jobpool id)."""
+    return _EPOCH + timedelta(milliseconds=min(job_id.int >> 80, _MAX_MS))

@@ -86,10 +86,12 @@ _RANK_PRIORITY = {rank: priority for priority, rank in _PRIORITY_RANK.items()}
 
 class JobState(StrEnum):
     """Where a job is in its lifecycle; the last three are terminal. ``waiting``: a job
-    with a key behind an unfinished job of the same key (it runs after it)."""
+    with a key behind an unfinished job of the same key (it runs after it). ``paused``:
+    a job of a paused type, set aside until its type is resumed."""
 
     QUEUED = "queued"
     WAITING = "waiting"
+    PAUSED = "paused"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     CANCELLED = "cancelled"
@@ -153,13 +155,31 @@ class Progress(_Frozen):
     at: datetime
 
 
+class PoolPause(_Frozen):
+    """What a pool holds back: every job (``paused``: nothing new starts, running jobs
+    finish) and the jobs of ``types`` (parked when claimed, until their type resumes)."""
+
+    paused: bool = False
+    types: frozenset[str] = frozenset()
+
+    @property
+    def active(self) -> bool:
+        return self.paused or bool(self.types)
+
+    def describe(self) -> str:
+        """One line: ``paused`` or ``active``, then the paused types if any."""
+        types = f", types paused: {', '.join(sorted(self.types))}" if self.types else ""
+        return ("paused" if self.paused else "active") + types
+
+
 class Pool(_Frozen):
-    """A pool's row: its fixed shard count and its current ring."""
+    """A pool's row: its fixed shard count, its current ring and its pause."""
 
     name: str
     shards: int
     replicas: int
     ring_version: int
+    pause: PoolPause = PoolPause()
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ def pool_fields(pool: Pool) -> Fields:
         ("shards", str(pool.shards)),
         ("replicas", str(pool.replicas)),
         ("ring version", str(pool.ring_version)),
+        ("pause", pool.pause.describe()),
     ]
 
 
@@ -99,7 +100,7 @@ def status_fields(status: JobStatus) -> Fields:
         ("pool", status.pool),
         ("tenant", status.tenant),
         ("type", status.type),
-        ("state", status.state.value + (" (cancel requested)" if status.cancel_requested else "")),
+        ("state", _state(status)),
         ("priority", status.priority.value),
         ("shard", str(status.shard)),
         ("attempts", _attempts(status)),
@@ -114,6 +115,15 @@ def status_fields(status: JobStatus) -> Fields:
     if status.state.finished:
         fields.append(("result", to_json_text(status.result)))
     return fields
+
+
+def _state(status: JobStatus) -> str:
+    if status.state is JobState.PAUSED:
+        return (
+            f"paused (parked: type {status.type} is paused in pool {status.pool}; "
+            f"`jobpool resume --pool {status.pool} --type {status.type}` runs it)"
+        )
+    return status.state.value + (" (cancel requested)" if status.cancel_requested else "")
 
 
 def _progress(status: JobStatus) -> str:

@@ -194,7 +194,7 @@ async def job_cancel(conn: Connection, pool: str, tenant: str, job_id: JobId) ->
         if finished is not None:
             raise JobAlreadyFinished(f"job {job_id} already ended {finished}")
         raise JobNotFound(f"no job {job_id} in pool {pool!r} for tenant {tenant!r}")
-    if row["state"] in (JobState.QUEUED, JobState.WAITING):
+    if row["state"] in (JobState.QUEUED, JobState.WAITING, JobState.PAUSED):
         await conn.execute(QUERIES["job_notify"], channels.events_channel(pool), str(job_id))
         return CancelOutcome.CANCELLED
     # A hint without the job: each worker reads its own attempts' rows to act on it.

@@ -1,11 +1,12 @@
-"""Pools: a pool's fixed shard count and its ring (replica count, ring version)."""
+"""Pools: a pool's fixed shard count, its ring (replica count, ring version) and its
+pause (see ``jobpool.store.pause``)."""
 
 from __future__ import annotations
 
 from asyncpg import Connection, Record
 
 from jobpool.errors import InvalidInput, PoolNotFound
-from jobpool.models import Pool, check_pool_name
+from jobpool.models import Pool, PoolPause, check_pool_name
 from jobpool.store import channels
 from jobpool.store.queries import QUERIES
 
@@ -18,16 +19,21 @@ def _pool(row: Record) -> Pool:
         shards=row["shards"],
         replicas=row["replicas"],
         ring_version=row["ring_version"],
+        pause=PoolPause(paused=row["paused"], types=frozenset(row["paused_types"])),
+    )
+
+
+def pool_not_found(name: str) -> PoolNotFound:
+    return PoolNotFound(
+        f"pool {name!r} does not exist: create it with `jobpool pool create {name}` "
+        "or by applying a JobPool"
     )
 
 
 async def pool_get(conn: Connection, name: str) -> Pool:
     row = await conn.fetchrow(QUERIES["pool_get"], name)
     if row is None:
-        raise PoolNotFound(
-            f"pool {name!r} does not exist: create it with `jobpool pool create {name}` "
-            "or by applying a JobPool"
-        )
+        raise pool_not_found(name)
     return _pool(row)
 
 

@@ -4,7 +4,7 @@
 -- row-level security, so a misconfigured role cannot widen what the code asks for.
 
 -- name: pool_get
-SELECT name, shards, replicas, ring_version FROM pools WHERE name = $1;
+SELECT name, shards, replicas, ring_version, paused, paused_types FROM pools WHERE name = $1;
 
 -- name: pool_create
 -- A new pool gets a free lease row per shard: a shard nobody takes is then visible (and
@@ -12,18 +12,18 @@ SELECT name, shards, replicas, ring_version FROM pools WHERE name = $1;
 WITH created AS (
     INSERT INTO pools (name, shards, replicas) VALUES ($1, $2, $3)
     ON CONFLICT (name) DO NOTHING
-    RETURNING name, shards, replicas, ring_version
+    RETURNING name, shards, replicas, ring_version, paused, paused_types
 ), leases AS (
     INSERT INTO shard_leases (pool, shard)
     SELECT c.name, s FROM created c CROSS JOIN LATERAL generate_series(0, c.shards - 1) AS s
 )
-SELECT name, shards, replicas, ring_version FROM created;
+SELECT name, shards, replicas, ring_version, paused, paused_types FROM created;
 
 -- name: pool_set_replicas
 UPDATE pools
 SET replicas = $2, ring_version = ring_version + 1, updated_at = now()
 WHERE name = $1 AND replicas <> $2
-RETURNING name, shards, replicas, ring_version;
+RETURNING name, shards, replicas, ring_version, paused, paused_types;
 
 -- name: tenant_set_local
 SELECT set_config('jobpool.tenant', $1, true);
@@ -629,3 +629,34 @@ WITH advanced AS (
     RETURNING id, run_at
 )
 SELECT id, run_at, (SELECT 1 FROM pg_notify($9, $10)) AS woken FROM inserted;
+
+-- name: pool_pause_lock
+-- The pool's pause lock, exclusive, to the end of the transaction: no worker parks a
+-- job meanwhile, and the unpark that follows sees every job parked before it.
+SELECT jobpool_pause_lock($1, true);
+
+-- name: pool_pause_update
+-- $2 paused (NULL: unchanged); the paused types become $3 (NULL: the current ones)
+-- plus $4, less $5, each once, sorted.
+UPDATE pools
+SET paused = coalesce($2, paused),
+    paused_types = ARRAY(
+        SELECT DISTINCT t FROM unnest(coalesce($3::text[], paused_types) || $4::text[]) AS t
+        WHERE NOT t = ANY($5::text[])
+        ORDER BY t),
+    updated_at = now()
+WHERE name = $1
+RETURNING paused, paused_types;
+
+-- name: job_unpark
+-- Parked jobs of the types no longer paused go back to the queue (jobs_paused_idx).
+SELECT jobpool_jobs_unpark($1);
+
+-- name: job_park_many
+-- Claimed, never started attempts of paused types are parked, their attempt uncounted.
+SELECT parked AS id FROM jobpool_jobs_park($1, $2, $3::uuid[]) AS parked;
+
+-- name: job_parked_counts
+-- Parked jobs of the pool per type (jobs_paused_idx).
+SELECT type, count(*) AS jobs FROM jobs WHERE pool = $1 AND state = 'paused'
+GROUP BY type ORDER BY type;

@@ -62,8 +62,9 @@ async def worker_list(conn: Connection, pool: str) -> list[WorkerRow]:
 
 async def pool_queue_counts(conn: Connection, pool: str) -> dict[JobState, dict[Priority, int]]:
     """Unfinished jobs of the pool by state and priority: ``queued`` counts due jobs only
-    (``run_at`` passed), not those delayed or backing off before a retry."""
-    states = (JobState.QUEUED, JobState.WAITING, JobState.RUNNING)
+    (``run_at`` passed), not those delayed or backing off before a retry; ``paused``
+    counts the jobs parked while their type is paused."""
+    states = (JobState.QUEUED, JobState.WAITING, JobState.PAUSED, JobState.RUNNING)
     counts = {state: dict.fromkeys(Priority, 0) for state in states}
     for row in await conn.fetch(QUERIES["pool_queue_counts"], pool):
         counts[JobState(row["state"])][Priority.from_rank(row["priority"])] = row["jobs"]

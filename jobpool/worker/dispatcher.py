@@ -17,18 +17,29 @@ That look-up runs after the claimed jobs have started, never before.
 ``MAX_TIMER_S`` re-asks every lane at the latest, bounding the cost of any missed
 wake-up.
 
-A claim's cost grows with the shards it visits (one index probe per shard and lane).
-A NOTIFY naming a shard (a submit into one shard) therefore does not send an idle
-worker through all its shards: the lanes known empty are asked in the named shards
-only (a *narrow* claim). Lanes known empty stay so where nothing was named, and the
-narrow claim lets every tenant offer as many jobs as the lane wants, so a lane it
-leaves short is empty in the named shards too. A wake-up naming more than
-``MAX_HINTED_SHARDS`` shards, or arriving while a claim of every shard is due anyway,
-asks every lane in every shard, as does ``*`` (a batch spanning shards).
+A claim's cost grows with the shards it visits (index probes per shard and lane), so
+no claim visits them all when there are many:
+
+* A claim visits at most ``SHARDS_PER_CLAIM`` shards, going round the owned shards in
+  turn, claim after claim; a claim that leaves a lane short goes on with the next
+  shards at once. A lane is known empty once every shard came back empty for it since
+  it last got jobs or new work arrived.
+* A NOTIFY naming a shard (a submit into one shard) does not send an idle worker
+  round its shards: the lanes known empty are asked in the named shards only (a
+  *narrow* claim). They stay known empty elsewhere, and the narrow claim lets every
+  tenant offer as many jobs as the lane wants, so a lane it leaves short is empty in
+  the named shards too. Named shards are visited first by a claim of the other lanes.
+  More than ``MAX_HINTED_SHARDS`` named shards, or ``*`` (a batch spanning shards),
+  forget every lane's emptiness.
 
 Ownership moves are respected at once: a buffered job whose shard this worker no
 longer serves is given back, never started, and a shard being claimed from counts as
 in flight, so its lease is not released under a claim that is still running.
+
+The pool's pause (read with the ring) is followed at every step: a paused pool claims
+nothing and gives its buffered jobs back; buffered jobs of a paused type are parked
+(``jobpool.store.pause``), and the next claim follows at once, so a paused type's
+backlog cannot hold back the other types.
 
 A cancel request is read from the job's row, never taken from a NOTIFY payload: a
 ``cancel`` notification (or a heartbeat) only makes the dispatcher ask which of its
@@ -60,6 +71,7 @@ from jobpool.models import (
     ShardId,
 )
 from jobpool.store import channels, execution
+from jobpool.store.pause import job_park_many
 from jobpool.tracing import tracer
 from jobpool.worker import metrics
 from jobpool.worker.completer import Completer
@@ -76,7 +88,11 @@ log = logging.getLogger(__name__)
 MAX_TIMER_S = 60.0
 """Longest time a lane stays unasked: bounds the damage of a missed wake-up, not a poll."""
 MAX_HINTED_SHARDS = 8
-"""Most shards a narrow claim visits; more named shards make a claim of every shard."""
+"""Most named shards a claim visits first; more forget every lane's emptiness."""
+SHARDS_PER_CLAIM = 16
+"""Most shards one claim visits besides the named ones: a claim of a lane's want (256
+by default) then takes about 16 jobs per shard visited, as many with 256 shards as
+with 16."""
 MIN_TIMER_S = 0.01
 """Shortest timer: a due time already past (a job fell due during the claim) re-claims
 after this, so a due job that cannot be claimed yet cannot make the loop spin."""
@@ -121,6 +137,8 @@ class Dispatcher:
         self.running: dict[JobId, Running] = {}
         self._empty: set[Priority] = set()
         self._hinted: set[ShardId] = set()  # named by NOTIFYs since the last claim
+        self._dry: dict[Priority, set[ShardId]] = {p: set() for p in Priority}
+        self._turn = 0  # where the next claim's visit of the owned shards starts
         self._news = 0  # counts "new work" wake-ups, to spot one during a claim
         self._cursors: dict[Priority, str] = dict.fromkeys(Priority, "")
         self._wake = asyncio.Event()
@@ -128,6 +146,7 @@ class Dispatcher:
         self._rescan_at = 0.0  # monotonic: when the empty lanes are asked again anyway
         self._claiming: frozenset[ShardId] = frozenset()
         self._cancels_to_check = False
+        self._pause = ownership.pause
         self.claiming = True
         self.succeeded = 0
         self.failed = 0
@@ -144,6 +163,8 @@ class Dispatcher:
         self._news += 1
         self._empty.clear()
         self._due = None
+        for dry in self._dry.values():
+            dry.clear()
 
     def on_notify(self, payload: str) -> None:
         """A payload of the worker channel: a hint of new work or of a cancel request."""
@@ -152,7 +173,10 @@ class Dispatcher:
         elif payload == channels.ALL:
             self.wake(new_work=True)
         elif payload.isdigit() and ShardId(int(payload)) in self._ownership.held:
-            self._hinted.add(ShardId(int(payload)))
+            shard = ShardId(int(payload))
+            self._hinted.add(shard)
+            for dry in self._dry.values():
+                dry.discard(shard)
             self._wake.set()
 
     def check_cancels(self) -> None:
@@ -162,6 +186,11 @@ class Dispatcher:
             self._wake.set()
 
     # -- bookkeeping -----------------------------------------------------------------
+
+    @property
+    def empty_lanes(self) -> frozenset[Priority]:
+        """Lanes known empty in every shard: not asked until new work or the timer."""
+        return frozenset(self._empty)
 
     def in_flight(self, shard: ShardId) -> int:
         buffered = sum(job.shard == shard for buf in self.buffers.values() for job in buf)
@@ -206,10 +235,12 @@ class Dispatcher:
         claim brought in while its shard moved), start what the free slots allow, sleep
         until a wake-up."""
         self._wake.clear()
+        self._follow_pause()
         if self._cancels_to_check:
             await self._apply_cancels()
-        lookup = await self._claim() if self.claiming else None
+        lookup = await self._claim() if self.claiming and not self._pause.paused else None
         await self._give_back_moved()
+        await self._set_aside_paused()
         self._start_ready()
         if lookup is not None:
             await self._arm_timer(lookup)
@@ -248,6 +279,39 @@ class Dispatcher:
             self.buffers[lane] = deque(job for job in buf if job.id not in gone)
         log.info("gave back %d buffered jobs of shards that moved away", len(moved))
 
+    def _follow_pause(self) -> None:
+        """A changed pause may have sent parked jobs back: every lane is asked again."""
+        if self._ownership.pause is not self._pause:
+            self._pause = self._ownership.pause
+            self._forget_empty()
+
+    async def _set_aside_paused(self) -> None:
+        """Buffered jobs the pause holds back leave the buffers unstarted: all of them go
+        back to the queue when the pool is paused; those of paused types are parked."""
+        pause = self._pause
+        if not pause.active:
+            return
+        held = [
+            job.id
+            for buf in self.buffers.values()
+            for job in buf
+            if pause.paused or job.type in pause.types
+        ]
+        if not held:
+            return
+        s = self._settings
+        async with self._conns.acquire() as conn:
+            if pause.paused:
+                await execution.job_release_many(conn, s.pool, owner=s.owner, job_ids=held)
+                gone = set(held)
+            else:
+                gone = set(await job_park_many(conn, s.pool, owner=s.owner, job_ids=held))
+        for lane, buf in self.buffers.items():
+            self.buffers[lane] = deque(job for job in buf if job.id not in gone)
+        if gone and not pause.paused:
+            self._wake.set()  # room in the buffers: claim the other types' work at once
+            log.info("parked %d jobs of paused types", len(gone))
+
     def _wants(self) -> dict[Priority, int]:
         capacity = self._settings.lane_capacity
         return {
@@ -273,24 +337,64 @@ class Dispatcher:
         """Claim for the lanes that want work; return what the claim timer must look up."""
         shards = self._ownership.claimable
         hinted, self._hinted = self._hinted.intersection(shards), set()
-        if hinted and (len(hinted) > MAX_HINTED_SHARDS or self._wants()):
-            self._forget_empty()  # every shard is visited anyway: ask every lane there
+        if len(hinted) > MAX_HINTED_SHARDS:
+            self._forget_empty()
             hinted = set()
-        if hinted:
-            try:
+        try:
+            if hinted and not self._wants():
                 return await self._claim_narrow(sorted(hinted))
-            except BaseException:
-                self._hinted |= hinted  # not claimed: the retry must still look there
-                raise
+            if hinted:
+                self._unempty(shards, hinted)
+            return await self._claim_round(shards, first=hinted)
+        except BaseException:
+            self._hinted |= hinted  # not claimed: the retry must still look there
+            raise
+
+    def _unempty(self, shards: list[ShardId], hinted: set[ShardId]) -> None:
+        """The lanes known empty are asked again, but they stay dry outside ``hinted``."""
+        for lane in self._empty:
+            self._dry[lane] = set(shards) - hinted
+        self._empty.clear()
+
+    def _visit(self, shards: list[ShardId], first: set[ShardId]) -> list[ShardId]:
+        """The named shards, then the next ``SHARDS_PER_CLAIM`` owned shards in turn."""
+        if len(shards) <= SHARDS_PER_CLAIM:
+            return shards
+        start = self._turn % len(shards)
+        self._turn = start + SHARDS_PER_CLAIM
+        turn = (shards[(start + i) % len(shards)] for i in range(SHARDS_PER_CLAIM))
+        return sorted(first.union(turn))
+
+    async def _claim_round(self, shards: list[ShardId], *, first: set[ShardId]) -> DueLookup | None:
+        """Claim for the lanes not known empty from the next shards in turn."""
         wants = self._wants()
         if not shards or not wants:
             return None
+        visit = self._visit(shards, first)
         news_before = self._news
-        claimed = await self._claim_from(shards, wants)
+        claimed = await self._claim_from(visit, wants)
         if news_before != self._news:  # work may have come in after the claim's snapshot
             return None
-        emptied = set(wants) - {job.priority for job in claimed}
+        got = Counter(job.priority for job in claimed)
+        emptied = {lane for lane in wants if self._dried(lane, shards, visit, got=got[lane])}
+        short = any(got[lane] < want for lane, want in wants.items() if lane not in emptied)
+        if short and len(visit) < len(shards):
+            self._wake.set()  # a lane is short: go on with the next shards at once
         return self._note_empty(shards, emptied)
+
+    def _dried(
+        self, lane: Priority, shards: list[ShardId], visit: list[ShardId], *, got: int
+    ) -> bool:
+        """Note what a claim found in ``lane``; whether every shard is now dry for it."""
+        dry = self._dry[lane]
+        if got:
+            dry.clear()
+            return False
+        dry.update(visit)
+        if not dry.issuperset(shards):
+            return False
+        dry.clear()
+        return True
 
     async def _claim_narrow(self, shards: list[ShardId]) -> DueLookup | None:
         """Ask the lanes known empty in the named shards only. Every tenant may offer a
@@ -391,8 +495,7 @@ class Dispatcher:
             async with asyncio.timeout(self._timeout()):
                 await self._wake.wait()
         except TimeoutError:
-            self._due = None
-            self._empty.clear()
+            self._forget_empty()
 
     # -- one attempt -----------------------------------------------------------------
 

@@ -22,6 +22,9 @@ and at once when the ring changes; never two at a time):
 
 ``valid_until`` is the monotonic time until which every held lease is surely still
 ours (the renewal's start plus the TTL): the dispatcher starts no attempt past it.
+
+Reading the ring also reads the pool's ``pause`` (the same row): a new object only when
+it changed, so the dispatcher spots a change by identity.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from jobpool.models import ShardId
+from jobpool.models import PoolPause, ShardId
 from jobpool.sharding import adopter_of, ordinal_for, shards_of
 from jobpool.store import leases, pools, workers
 from jobpool.worker import metrics
@@ -74,6 +77,7 @@ class Ownership:
         self.orphans: set[ShardId] = set()
         self.replicas = 0
         self.ring_version = 0
+        self.pause = PoolPause()
         self.valid_until = 0.0
         self.healthy = False
 
@@ -127,6 +131,9 @@ class Ownership:
                 )
         self.ring_version = pool.ring_version
         self.replicas = replicas
+        if pool.pause != self.pause:
+            log.info("pool pause: %s", pool.pause.describe())
+            self.pause = pool.pause
         self.wanted = {ShardId(s) for s in wanted}
 
     async def run_once(self) -> None:

@@ -193,11 +193,13 @@ async def test_pool_create_and_show(dsn: str) -> None:
     assert shown.exit_code == 0
     assert shown.stdout.split() == [
         "pool:", "reports", "shards:", "8", "replicas:", "2", "ring", "version:", "1",
+        "pause:", "active",
     ]  # fmt: skip
     as_json = await invoke("pool", "show", "reports", "--json", "--dsn", dsn)
     assert as_json.exit_code == 0
     assert json.loads(as_json.stdout) == {
         "name": "reports", "shards": 8, "replicas": 2, "ring_version": 1,
+        "pause": {"paused": False, "types": []},
     }  # fmt: skip
 
 

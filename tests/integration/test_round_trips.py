@@ -23,11 +23,12 @@ import asyncpg
 import pytest
 from worker_runtime_helpers import POOL, result_of, running_worker
 
-from jobpool import Client, Context, Registry
+from jobpool import Client, Context, Priority, Registry
 from jobpool.cli.admin import DEFAULT_SHARDS
 from jobpool.store import connect
 from jobpool.store.pools import pool_ensure
 from jobpool.store.queries import QUERIES
+from jobpool.worker.dispatcher import SHARDS_PER_CLAIM, Dispatcher
 
 JOBS = 4_000
 DRAIN_DEADLINE_S = 240.0
@@ -88,6 +89,15 @@ def _noop() -> Registry:
     return registry
 
 
+async def _idle(dispatcher: Dispatcher) -> None:
+    """Wait until a started worker has gone round its shards and knows every lane empty."""
+    async with asyncio.timeout(DRAIN_DEADLINE_S):
+        while True:  # a poll: the dispatcher signals nothing when it goes idle
+            if dispatcher.empty_lanes == set(Priority):
+                return
+            await asyncio.sleep(0.05)
+
+
 async def _drained(conn: asyncpg.Connection) -> None:
     """Wait until the hot table is empty: a poll, as nothing signals that."""
     async with asyncio.timeout(DRAIN_DEADLINE_S):
@@ -98,10 +108,13 @@ async def _drained(conn: asyncpg.Connection) -> None:
 
 
 @pytest.mark.timeout(DRAIN_DEADLINE_S + 60)
+@pytest.mark.parametrize("shards", [DEFAULT_SHARDS, 256])
 async def test_a_drain_at_the_defaults_sends_few_round_trips_per_job(
-    dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, shards: int
 ) -> None:
-    await pool_ensure(conn, POOL, shards=DEFAULT_SHARDS)
+    """Whatever the shards, each claim visits a few of them in turn, and the drain
+    takes every job."""
+    await pool_ensure(conn, POOL, shards=shards)
     async with Client(dsn, pool=POOL, tenant="acme") as client:
         await client.submit("noop", [{"i": i} for i in range(JOBS)])
 
@@ -115,6 +128,7 @@ async def test_a_drain_at_the_defaults_sends_few_round_trips_per_job(
     }
     assert per_job.get("job_claim_batch"), sent.names
     assert per_job.get("job_finish_many"), sent.names
+    assert max(map(len, sent.claimed_shards)) <= SHARDS_PER_CLAIM
     total = sum(per_job.values())
     print(f"\n{total} round trips for {JOBS:,} jobs: {dict(sorted(per_job.items()))}")
     assert total * 1000 / JOBS <= MAX_ROUND_TRIPS_PER_1000, (
@@ -132,9 +146,10 @@ async def test_a_submit_into_one_shard_makes_an_idle_worker_claim_from_it_alone(
     await pool_ensure(conn, POOL, shards=256)
     async with (
         sent_statements(monkeypatch) as sent,
-        running_worker(dsn, _noop()),
+        running_worker(dsn, _noop()) as run,
         Client(dsn, pool=POOL, tenant="acme") as client,
     ):
+        await _idle(run.worker.dispatcher)
         for n in range(2):
             before = len(sent.claimed_shards)
             job = await client.submit("noop", {"n": n})
