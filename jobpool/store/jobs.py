@@ -16,7 +16,6 @@ from jobpool.errors import (
     AccessDenied,
     InvalidInput,
     JobAlreadyFinished,
-    JobNotFound,
     KeyedEnqueueIsolation,
 )
 from jobpool.models import (
@@ -30,6 +29,7 @@ from jobpool.models import (
     ShardId,
 )
 from jobpool.store import channels, rows
+from jobpool.store.history import history_since, job_missing
 from jobpool.store.queries import QUERIES
 
 # A duplicate's original can finish between our insert and our look-up; then the key
@@ -177,9 +177,9 @@ async def _resolve_duplicates(
 
 
 async def job_status(conn: Connection, pool: str, tenant: str, job_id: JobId) -> JobStatus:
-    row = await conn.fetchrow(QUERIES["job_status"], job_id, pool, tenant)
+    row = await conn.fetchrow(QUERIES["job_status"], job_id, pool, tenant, history_since(job_id))
     if row is None:
-        raise JobNotFound(f"no job {job_id} in pool {pool!r} for tenant {tenant!r}")
+        raise await job_missing(conn, pool, tenant, job_id)
     return rows.job_status(row)
 
 
@@ -190,10 +190,12 @@ async def job_cancel(conn: Connection, pool: str, tenant: str, job_id: JobId) ->
     """
     row = await conn.fetchrow(QUERIES["job_cancel"], job_id, pool, tenant)
     if row is None:
-        finished = await conn.fetchval(QUERIES["job_history_exists"], job_id, pool, tenant)
+        finished = await conn.fetchval(
+            QUERIES["job_history_exists"], job_id, pool, tenant, history_since(job_id)
+        )
         if finished is not None:
             raise JobAlreadyFinished(f"job {job_id} already ended {finished}")
-        raise JobNotFound(f"no job {job_id} in pool {pool!r} for tenant {tenant!r}")
+        raise await job_missing(conn, pool, tenant, job_id)
     if row["state"] in (JobState.QUEUED, JobState.WAITING, JobState.PAUSED):
         await conn.execute(QUERIES["job_notify"], channels.events_channel(pool), str(job_id))
         return CancelOutcome.CANCELLED

@@ -71,6 +71,8 @@ WHERE pool = $1 AND tenant = $2 AND dedupe_key = ANY($3::text[]);
 SELECT pg_notify($1, $2);
 
 -- name: job_status
+-- $4, a lower bound of the job's finish time (its id's time, less the clocks' skew),
+-- prunes the history partitions of the days before the job existed.
 SELECT id, pool, tenant, type, priority, shard, state, attempts, max_attempts,
        progress, progress_message, progress_at, NULL::text AS result, error_history::text,
        cancel_requested_at IS NOT NULL AS cancel_requested, created_at, run_at, started_at,
@@ -80,7 +82,7 @@ UNION ALL
 SELECT id, pool, tenant, type, priority, shard, state, attempts, max_attempts,
        progress, progress_message, progress_at, result::text, error_history::text,
        false, created_at, run_at, started_at, finished_at, request_id, user_id
-FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3;
+FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3 AND finished_at >= $4;
 
 -- name: job_cancel
 -- Requests the cancel of an unfinished job: a queued one ends at once (the trigger
@@ -91,7 +93,7 @@ WHERE id = $1 AND pool = $2 AND tenant = $3
 RETURNING state;
 
 -- name: job_history_exists
-SELECT state FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3;
+SELECT state FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3 AND finished_at >= $4;
 
 -- name: dlq_list
 -- Two statements rather than `($4 IS NULL OR type = $4)`: a generic plan of that form
@@ -629,6 +631,50 @@ WITH advanced AS (
     RETURNING id, run_at
 )
 SELECT id, run_at, (SELECT 1 FROM pg_notify($9, $10)) AS woken FROM inserted;
+
+-- name: history_maintain
+-- One pass of history maintenance (partitions ahead, drops and deletes past retention).
+SELECT created, dropped, deleted, skipped FROM jobpool_history_maintain($1);
+
+-- name: history_maintain_at
+-- The same pass with the caller's clock: owner only (tests, administrators).
+SELECT created, dropped, deleted, skipped FROM jobpool_history_maintain_at($2, $1);
+
+-- name: history_partition_list
+SELECT name, starts_at, ends_at, rows_estimate FROM job_history_partitions ORDER BY ends_at;
+
+-- name: pool_history_retention_set
+UPDATE pools SET history_retention = $2
+WHERE name = $1 AND history_retention IS DISTINCT FROM $2
+RETURNING name;
+
+-- name: pool_history_get
+SELECT history_retention, history_pruned_before FROM pools WHERE name = $1;
+
+-- name: dlq_discard
+DELETE FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3
+RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
+
+-- name: dlq_discard_pending
+-- Pending entries of the tenant written more than $3 ago (on job_dlq_pending_idx).
+WITH discarded AS (
+    DELETE FROM job_dlq
+    WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND dlq_at < now() - $3::interval
+    RETURNING 1
+)
+SELECT count(*) FROM discarded;
+
+-- name: dlq_discard_pending_by_type
+-- The same, of one type (on job_dlq_pending_type_idx).
+WITH discarded AS (
+    DELETE FROM job_dlq
+    WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND type = $4
+      AND dlq_at < now() - $3::interval
+    RETURNING 1
+)
+SELECT count(*) FROM discarded;
 
 -- name: pool_pause_lock
 -- The pool's pause lock, exclusive, to the end of the transaction: no worker parks a
