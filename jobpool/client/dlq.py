@@ -1,4 +1,4 @@
-"""The client's dead-letter queue API: ``client.dlq.list/get/replay/purge``."""
+"""The client's dead-letter queue API: ``client.dlq.list/get/replay/purge/discard``."""
 
 from __future__ import annotations
 
@@ -68,4 +68,28 @@ class DlqClient:
         async with self._client._connection() as conn:
             return await dlq.dlq_purge(
                 conn, self._client.pool_name, self._client.tenant, older_than=older_than
+            )
+
+    async def discard(self, entry_id: DlqId | int) -> DlqEntry:
+        """Delete one entry, replayed or not, without running it again; returns it.
+
+        Raises ``DlqEntryNotFound`` if the tenant has no such entry.
+        """
+        async with self._client._connection() as conn:
+            return await dlq.dlq_discard(
+                conn, self._client.pool_name, self._client.tenant, DlqId(entry_id)
+            )
+
+    async def discard_pending(
+        self, *, type: str | None = None, older_than: timedelta = timedelta(0)
+    ) -> int:
+        """Delete this tenant's pending entries (of ``type``, if given) that went to the
+        DLQ more than ``older_than`` ago; returns how many."""
+        async with self._client._connection() as conn:
+            return await dlq.dlq_discard_pending(
+                conn,
+                self._client.pool_name,
+                self._client.tenant,
+                type=type,
+                older_than=older_than,
             )

@@ -65,6 +65,16 @@ class SyncDlqClient:
     def purge(self, *, older_than: timedelta) -> int:
         return self._sync._run(self._sync.aio.dlq.purge(older_than=older_than))
 
+    def discard(self, entry_id: DlqId | int) -> DlqEntry:
+        return self._sync._run(self._sync.aio.dlq.discard(entry_id))
+
+    def discard_pending(
+        self, *, type: str | None = None, older_than: timedelta = timedelta(0)
+    ) -> int:
+        return self._sync._run(
+            self._sync.aio.dlq.discard_pending(type=type, older_than=older_than)
+        )
+
 
 class SyncClient:
     """``with SyncClient(dsn, pool=…, tenant=…) as jp: jp.submit(...)``."""

@@ -1,7 +1,10 @@
-"""The dead-letter queue: paging, replay and purge of dead jobs' entries.
+"""The dead-letter queue: paging, replay, purge and discard of dead jobs' entries.
 
 Pending entries are those not yet replayed; they are paged by id (a keyset cursor, so
 a page costs the same at any depth) through a partial index that holds only them.
+Purge deletes replayed entries by age; discard deletes one entry, or pending entries by
+type and age: work nobody will replay. Both delete the caller's tenant's rows only
+(the statements name the tenant, and row-level security enforces it).
 """
 
 from __future__ import annotations
@@ -84,16 +87,50 @@ async def dlq_mark_replayed(conn: Connection, pool: str, tenant: str, entry_id: 
     return rows.dlq_entry(row)
 
 
-async def dlq_purge(
-    conn: Connection, pool: str, tenant: str | None, *, older_than: timedelta
-) -> int:
-    """Delete replayed entries older than ``older_than``; ``tenant=None`` means all."""
+def _check_older_than(older_than: object) -> timedelta:
     if not isinstance(older_than, timedelta) or not timedelta(0) <= older_than <= MAX_OLDER_THAN:
         raise InvalidInput(
             f"older_than must be a timedelta from 0 to {MAX_OLDER_THAN.days} days, "
             f"got {older_than!r}"
         )
-    return int(await conn.fetchval(QUERIES["dlq_purge"], pool, older_than, tenant))
+    return older_than
+
+
+async def dlq_purge(
+    conn: Connection, pool: str, tenant: str | None, *, older_than: timedelta
+) -> int:
+    """Delete replayed entries older than ``older_than``; ``tenant=None`` means all."""
+    age = _check_older_than(older_than)
+    return int(await conn.fetchval(QUERIES["dlq_purge"], pool, age, tenant))
+
+
+async def dlq_discard(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> DlqEntry:
+    """Delete one entry, replayed or not; returns it as it was."""
+    row = await conn.fetchrow(
+        QUERIES["dlq_discard"], _entry_id(entry_id, pool, tenant), pool, tenant
+    )
+    if row is None:
+        raise DlqEntryNotFound(f"no DLQ entry {entry_id} in pool {pool!r} for tenant {tenant!r}")
+    return rows.dlq_entry(row)
+
+
+async def dlq_discard_pending(
+    conn: Connection,
+    pool: str,
+    tenant: str,
+    *,
+    type: str | None = None,
+    older_than: timedelta = timedelta(0),
+) -> int:
+    """Delete the tenant's pending entries (of ``type``) older than ``older_than``;
+    returns how many went."""
+    age = _check_older_than(older_than)
+    if type is None:
+        return int(await conn.fetchval(QUERIES["dlq_discard_pending"], pool, tenant, age))
+    check_job_type(type)
+    return int(
+        await conn.fetchval(QUERIES["dlq_discard_pending_by_type"], pool, tenant, age, type)
+    )
 
 
 async def dlq_count_pending(conn: Connection, pool: str) -> int:
