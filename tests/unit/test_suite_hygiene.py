@@ -24,3 +24,10 @@ def test_a_test_run_leaves_no_temporary_directory_behind(tmp_path: Path) -> None
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert list(scratch.iterdir()) == []
+
+
+def test_test_modules_have_unique_names() -> None:
+    """Test folders are not packages (their helpers are imported by module name), so two
+    test files with one basename stop the whole run at collection."""
+    names = [path.name for path in (REPO / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
