@@ -86,7 +86,7 @@ class OperatorConfig:
     db_timeout_s: float = DB_TIMEOUT_S
     """Longest wait for a database connection before calling it unreachable."""
     retention_interval_s: float = RETENTION_INTERVAL_S
-    """Seconds between two purges of a pool's replayed dead-letter entries."""
+    """Seconds between two retention passes of a pool (history, replayed dead letters)."""
 
 
 class Database:

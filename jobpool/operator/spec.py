@@ -352,6 +352,12 @@ class JobPoolSpec(_SpecModel):
     dlq_retention_days: int = Field(
         default=14, ge=1, description="Replayed dead-letter entries are purged after this."
     )
+    history_retention_days: int = Field(
+        default=7,
+        ge=1,
+        le=3650,
+        description="Finished jobs are kept this many days, then their history is dropped.",
+    )
     autoscaling: AutoscalingSpec | None = Field(
         default=None, description="Scale on the backlog; replicas is then set by the operator."
     )
@@ -415,6 +421,17 @@ class ScheduleStatus(_StatusModel):
     next_tick: datetime | None = Field(default=None, description="The tick enqueued next.")
 
 
+class HistoryStatus(_StatusModel):
+    """The pool's finished jobs kept in Postgres, as the last retention pass left them."""
+
+    retention_days: int = Field(ge=1, description="Days finished jobs are kept.")
+    dropped_before: datetime | None = Field(
+        default=None, description="Jobs of the pool that finished before this are gone."
+    )
+    partitions: int = Field(ge=0, description="Daily partitions of the history (all pools).")
+    maintained_at: datetime = Field(description="When the last retention pass ran.")
+
+
 class Condition(_StatusModel):
     """A standard Kubernetes condition: Ready, Progressing or Degraded."""
 
@@ -464,6 +481,9 @@ class JobPoolStatus(_StatusModel):
         default_factory=list,
         description="Periodic schedules: last tick enqueued and next tick.",
         json_schema_extra=_list_map("name"),
+    )
+    history: HistoryStatus | None = Field(
+        default=None, description="Finished jobs kept (spec.historyRetentionDays)."
     )
     conditions: list[Condition] = Field(
         default_factory=list,
