@@ -369,6 +369,8 @@ class Supervisor:
                 self._conn = None
             return
         before = self.snapshot.pool
+        if pool.pause != before.pause:
+            self.out.event(f"pool pause: {pool.pause.describe()}")
         if pool.replicas != before.replicas and not self.workers.stopping:
             self.out.event(
                 f"ring changed: {before.replicas} -> {pool.replicas} replicas "

@@ -217,6 +217,7 @@ def status_line(frame: Frame) -> str:
         f" dlq={snapshot.dlq} per_min={snapshot.per_minute:.0f}"
         f" expired_shards={len(expired)} free_shards={len(free)}"
         f" schedules={len(snapshot.schedules)}"
+        f" pause={pause_word(snapshot)}"
     ]
     if snapshot.error:
         parts[0] += " db=unavailable"
@@ -258,6 +259,7 @@ def render(frame: Frame) -> RenderableType:
         )
     )
     parts.extend(_shard_lines(frame.snapshot))
+    parts.extend(pause_lines(frame.snapshot))
     parts.extend(schedule_lines(frame.snapshot.schedules, datetime.now(UTC)))
     if not frame.stopping:
         hint = "Ctrl-C stops"
@@ -326,7 +328,7 @@ def _totals_table(snapshot: Snapshot) -> Table:
     table = Table(title="totals", title_justify="left", title_style="bold")
     table.add_column("jobs")
     table.add_column("", justify="right")
-    for state in (JobState.QUEUED, JobState.WAITING, JobState.RUNNING):
+    for state in (JobState.QUEUED, JobState.WAITING, JobState.PAUSED, JobState.RUNNING):
         table.add_row(state.value, str(snapshot.total(state)))
     for state in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED):
         table.add_row(f"{state.value} (last {RECENT_S:.0f}s)", str(snapshot.total(state)))
@@ -348,6 +350,27 @@ def _shard_lines(snapshot: Snapshot) -> list[RenderableType]:
             )
         )
     return lines
+
+
+def pause_word(snapshot: Snapshot) -> str:
+    """``active``, ``paused``, or the paused types (``types:a,b``), then ``+parked=N``."""
+    pause = snapshot.pool.pause
+    word = "paused" if pause.paused else "active"
+    if pause.types:
+        word += f",types:{','.join(sorted(pause.types))}"
+    parked = snapshot.total(JobState.PAUSED)
+    return word + (f",parked={parked}" if parked else "")
+
+
+def pause_lines(snapshot: Snapshot) -> list[RenderableType]:
+    """A line while the pool or some of its types are paused (``jobpool pause``)."""
+    pause = snapshot.pool.pause
+    if not pause.active:
+        return []
+    what = "pool paused: no new job starts" if pause.paused else "pool active"
+    types = f"; types paused: {', '.join(sorted(pause.types))}" if pause.types else ""
+    parked = f" ({snapshot.total(JobState.PAUSED)} jobs parked)" if pause.types else ""
+    return [Text(f"{what}{types}{parked} · `jobpool resume` resumes", style="bold yellow")]
 
 
 def schedule_lines(schedules: list[ScheduleRow], now: datetime) -> list[RenderableType]:

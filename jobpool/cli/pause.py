@@ -91,7 +91,8 @@ def _change(
             }
         )
         return
-    requeued = f" ({change.unparked} parked jobs queued again)" if change.unparked else ""
+    plural = "" if change.unparked == 1 else "s"
+    requeued = f" ({change.unparked} parked job{plural} queued again)" if change.unparked else ""
     typer.echo(f"pool {name}: {change.pause.describe()}{requeued}")
 
 

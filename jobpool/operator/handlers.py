@@ -23,6 +23,10 @@ and apply the children. No orchestration beyond that.
   apply, in a thread). ``status.observedGeneration`` says which spec they reflect.
 * **Schedules**: ``spec.schedules`` become the pool's ``spec`` rows of the ``schedules``
   table (added, changed, removed), which the workers' periodic service enqueues.
+* **Pause**: ``spec.paused`` and ``spec.pausedTypes`` are written to the pool's row when
+  they differ from it (``jobpool.store.pause``: resumed types' parked jobs are queued
+  again, the workers woken), with a ``Paused`` or ``Resumed`` Event. The spec wins
+  over a ``jobpool pause``/``resume`` at the next reconcile.
 * **Delete**: the children go with the JobPool through Kubernetes garbage collection
   (their owner references); the operator only posts an Event. The pool's row, its jobs,
   dead letters and ring stay in Postgres: deleting a custom resource must not lose
@@ -56,7 +60,7 @@ import kopf
 import kubernetes.client
 
 from jobpool.errors import DatabaseUnavailable
-from jobpool.models import Pool
+from jobpool.models import Pool, PoolPause
 from jobpool.operator import retention, status
 from jobpool.operator.context import OperatorConfig, OperatorContext, connection_info
 from jobpool.operator.render import render_children, selector
@@ -70,6 +74,7 @@ from jobpool.operator.spec import (
     check_transition,
     parse_spec,
 )
+from jobpool.store.pause import pool_pause_change
 from jobpool.store.pools import pool_ensure, pool_set_replicas
 from jobpool.store.schedules import ScheduleSource, schedule_sync
 
@@ -134,6 +139,27 @@ async def sync_schedules(context: OperatorContext, name: str, spec: JobPoolSpec)
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from None
 
 
+async def sync_pause(
+    context: OperatorContext, body: kopf.Body, pool: Pool, spec: JobPoolSpec
+) -> None:
+    """Write ``spec.paused`` and ``spec.pausedTypes`` to the pool's row if they differ."""
+    wanted = PoolPause(paused=spec.paused, types=frozenset(spec.paused_types))
+    if pool.pause == wanted:
+        return
+    try:
+        async with context.db.connection() as conn:
+            change = await pool_pause_change(
+                conn, pool.name, paused=spec.paused, types=sorted(wanted.types)
+            )
+    except DatabaseUnavailable as exc:
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from None
+    reason = "Paused" if wanted.active else "Resumed"
+    requeued = f"; {change.unparked} parked jobs queued again" if change.unparked else ""
+    message = f"pool {change.pause.describe()}{requeued}"
+    logger.info("pool %s: %s", pool.name, message)
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
 async def set_ring(context: OperatorContext, body: kopf.Body, pool: Pool, replicas: int) -> Pool:
     if pool.replicas == replicas:
         return pool
@@ -178,6 +204,7 @@ async def reconcile(
     if not shrinking:
         pool = await set_ring(memo, body, pool, spec.replicas)
     await sync_schedules(memo, name, spec)
+    await sync_pause(memo, body, pool, spec)
     generation = meta.get("generation")
     accept(body, patch, generation)
     patch.status["observedGeneration"] = generation

@@ -47,6 +47,7 @@ from jobpool.cron import (
 )
 from jobpool.errors import InvalidInput, InvalidName, InvalidPeriodic
 from jobpool.models import JOB_TYPE_PATTERN, POOL_NAME_PATTERN, check_pool_name
+from jobpool.store.pause import MAX_PAUSED_TYPES
 
 GROUP = "jobpool.dev"
 VERSION = "v1alpha1"
@@ -285,6 +286,9 @@ class ScheduleSpec(_SpecModel):
         return Schedule.declare(**self.model_dump())
 
 
+JobTypeName = Annotated[str, Field(max_length=128, pattern=JOB_TYPE_PATTERN.pattern)]
+
+
 def _checked(check: Callable[[Any], Any], value: Any) -> Any:
     try:
         return check(value)
@@ -375,6 +379,15 @@ class JobPoolSpec(_SpecModel):
         max_length=MAX_SCHEDULES,
         description="Periodic jobs, each enqueued once per tick across all replicas.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    paused: bool = Field(
+        default=False, description="Workers start no new job of the pool; running jobs finish."
+    )
+    paused_types: list[JobTypeName] = Field(
+        default_factory=list,
+        max_length=MAX_PAUSED_TYPES,
+        description="Job types held back: their jobs are parked until the type is resumed.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
     @field_validator("schedules")
@@ -492,6 +505,13 @@ class JobPoolStatus(_StatusModel):
     )
     observed_generation: int | None = Field(default=None, description="Last spec seen.")
     ring_version: int | None = Field(default=None, description="Ring version in Postgres.")
+    paused: bool = Field(default=False, description="The pool is paused in Postgres.")
+    paused_types: list[str] = Field(
+        default_factory=list, description="Job types paused in Postgres."
+    )
+    parked: int = Field(
+        default=0, ge=0, description="Jobs of paused types set aside until their type resumes."
+    )
 
 
 def parse_spec(body_spec: Mapping[str, Any] | None) -> JobPoolSpec:

@@ -47,7 +47,7 @@ import asyncpg
 import kopf
 
 from jobpool.errors import DatabaseUnavailable, PoolNotFound
-from jobpool.models import JobState, Pool, Priority
+from jobpool.models import JobState, Pool, PoolPause, Priority
 from jobpool.operator import autoscale
 from jobpool.operator.context import OperatorConfig, OperatorContext
 from jobpool.operator.render import selector
@@ -124,6 +124,8 @@ class PoolFigures:
     orphaned_shards: tuple[int, ...] = ()  # free or expired past the grace period
     adopted_shards: tuple[int, ...] = ()  # served by an ordinal that adopted them
     schedules: Sequence[ScheduleRow] = ()  # the pool's periodic schedules
+    pause: PoolPause = field(default_factory=PoolPause)  # the pause in the pool's row
+    parked: int = 0  # jobs of paused types set aside
 
     @property
     def queued_total(self) -> int:
@@ -366,6 +368,9 @@ def figures_status(figures: PoolFigures) -> dict[str, Any]:
         "missingOrdinals": missing_ordinals(figures),
         "schedules": [schedule_status(row, figures.now) for row in figures.schedules],
         **({"ringVersion": figures.ring_version} if figures.ring_version is not None else {}),
+        "paused": figures.pause.paused,
+        "pausedTypes": sorted(figures.pause.types),
+        "parked": figures.parked,
     }
 
 
@@ -414,9 +419,7 @@ def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> di
 # -- reading Postgres ------------------------------------------------------------------
 
 
-async def read_figures(
-    context: OperatorContext, pool: str, *, lease_ttl_s: float
-) -> PoolFigures:
+async def read_figures(context: OperatorContext, pool: str, *, lease_ttl_s: float) -> PoolFigures:
     """One consistent, read-only snapshot of the pool's figures."""
     config: OperatorConfig = context.config
     async with (
@@ -448,6 +451,8 @@ async def read_figures(
             orphaned_shards=tuple(health.orphaned),
             adopted_shards=tuple(health.adopted),
             schedules=tuple(await schedule_list(conn, pool)),
+            pause=row.pause if row is not None else PoolPause(),
+            parked=sum(counts[JobState.PAUSED].values()),
         )
 
 
