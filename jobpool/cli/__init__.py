@@ -3,8 +3,9 @@
 Built with typer and rich, on top of the public ``Client`` and the ``jobpool.store``
 functions (the CLI holds no SQL). Commands live in small modules: ``submit`` and
 ``jobs`` (one job), ``schedules`` (periodic jobs), ``dlq`` (dead-letter queue),
-``admin`` (schema and pools), ``pause`` (pause and resume); ``common`` holds the
-shared options, connections, exit codes and error reporting.
+``history`` (retention of finished jobs), ``admin`` (schema and pools), ``pause`` (pause
+and resume); ``common`` holds the shared options, connections, exit codes and error
+reporting.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from jobpool.cli import admin, dev, dlq, jobs, operator, pause, schedules, submit, worker
+from jobpool.cli import admin, dev, dlq, history, jobs, operator, pause, schedules, submit, worker
 from jobpool.cli.common import EXIT_CODES_HELP
 from jobpool.cli.usage import RootGroup, plain_usage
 
@@ -59,6 +60,7 @@ submit.register(app)
 jobs.register(app)
 schedules.register(app)
 dlq.register(app)
+history.register(app)
 admin.register(app)
 pause.register(app)
 worker.register(app)

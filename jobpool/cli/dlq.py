@@ -1,9 +1,10 @@
-"""``jobpool dlq …``: inspect, replay and purge the dead-letter queue of a pool.
+"""``jobpool dlq …``: inspect, replay, purge and discard the dead-letter queue of a pool.
 
 A job ends in the dead-letter queue when it fails for good (a permanent error, or its
 attempts ran out). Its entry stays pending until it is replayed (re-enqueued as a new
-job), and a replayed entry stays until it is purged. Every command acts on the pool
-and tenant given by ``--pool`` and ``--tenant``, through ``client.dlq``.
+job) or discarded (deleted for good); a replayed entry stays until it is purged. Every
+command acts on the pool and tenant given by ``--pool`` and ``--tenant``, through
+``client.dlq``. Discarding by filter asks first, unless ``--yes``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
+import click
 import typer
 
+from jobpool.cli.ages import AGE_HELP, AGE_METAVAR, format_age, parse_age
 from jobpool.cli.common import (
     DEFAULT_TENANT,
     CliError,
@@ -39,7 +42,7 @@ from jobpool.models import DlqId
 app = typer.Typer(
     name="dlq",
     cls=PlainGroup,
-    help="Inspect, replay and purge the dead-letter queue (jobs that failed for good).",
+    help="Inspect, replay, purge and discard the dead-letter queue (jobs that failed for good).",
     no_args_is_help=True,
 )
 
@@ -161,6 +164,82 @@ def purge(
     age = timedelta(days=older_than)
     deleted = with_client(target, lambda client: client.dlq.purge(older_than=age))
     typer.echo(f"purged {deleted} replayed {'entry' if deleted == 1 else 'entries'}")
+
+
+@app.command("discard")
+@command
+def discard(
+    entry_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[ID]",
+            show_default=False,
+            help="The entry's id; or discard by --type and --older-than instead.",
+        ),
+    ] = None,
+    job_type: Annotated[
+        str | None,
+        typer.Option("--type", show_default=False, help="Pending entries of this job type."),
+    ] = None,
+    older_than: Annotated[
+        timedelta | None,
+        typer.Option(
+            "--older-than",
+            parser=parse_age,
+            metavar=AGE_METAVAR,
+            show_default=False,
+            help=f"Pending entries that went to the DLQ longer ago than this: {AGE_HELP}.",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Discard by filter without asking first.")
+    ] = False,
+    dsn: DsnOption = None,
+    pool: PoolOption = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+) -> None:
+    """Delete dead-letter entries for good, without running them again.
+
+    With an ID: that entry, replayed or not. Else the tenant's pending entries of
+    --type and/or older than --older-than (at least one), after a confirmation
+    (--yes skips it). Prints what was discarded.
+    """
+    target = Target.from_options(dsn, pool, tenant)
+    if entry_id is not None:
+        if job_type is not None or older_than is not None:
+            raise CliError("give an entry ID or --type/--older-than, not both", ExitCode.USAGE)
+        eid = parse_entry_id(entry_id)
+        entry = with_client(target, lambda client: client.dlq.discard(eid))
+        typer.echo(f"discarded entry {entry.id} ({entry.type}, job {entry.original_job_id})")
+        return
+    if job_type is None and older_than is None:
+        raise CliError("name what to discard: an entry ID, --type or --older-than", ExitCode.USAGE)
+    what = _pending_description(target, job_type, older_than)
+    if not yes and not _confirmed(f"discard {what}?"):
+        raise CliError("nothing discarded (not confirmed; --yes skips the question)")
+    age = older_than or timedelta(0)
+    count = with_client(
+        target, lambda client: client.dlq.discard_pending(type=job_type, older_than=age)
+    )
+    typer.echo(f"discarded {count} pending {'entry' if count == 1 else 'entries'}")
+
+
+def _confirmed(question: str) -> bool:
+    """The answer on stdin to ``question`` (asked on stderr); no answer is no."""
+    try:
+        return typer.confirm(question, default=False, err=True)
+    except (click.Abort, typer.Abort):  # end of input
+        typer.echo(err=True)
+        return False
+
+
+def _pending_description(target: Target, job_type: str | None, age: timedelta | None) -> str:
+    kind = f"of type {job_type!r} " if job_type else ""
+    since = f"older than {format_age(age)} " if age else ""
+    return (
+        f"the pending dead-letter entries {kind}{since}of tenant {target.tenant!r} "
+        f"in pool {target.pool!r}"
+    )
 
 
 def register(root: typer.Typer) -> None:

@@ -18,7 +18,7 @@ rather than :class:`~jobpool.errors.JobNotFound` (:func:`job_missing`).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from asyncpg import Connection
 from pydantic import BaseModel, ConfigDict
@@ -35,6 +35,8 @@ finishes into the default partition."""
 DEFAULT_HISTORY_RETENTION = timedelta(days=7)
 MIN_HISTORY_RETENTION = timedelta(hours=1)
 MAX_HISTORY_RETENTION = timedelta(days=3650)
+UUID_VERSION = 7
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CLOCK_SKEW_MARGIN = timedelta(days=1)
 """How far the submitter's clock (which stamps the job's id) may run ahead of the
 database's (which stamps its finish) without its history being missed."""
@@ -83,7 +85,10 @@ def check_retention(retention: object) -> timedelta:
 
 
 def history_since(job_id: JobId) -> datetime:
-    """A lower bound of the job's finish time: its id's time less the clock skew margin."""
+    """A lower bound of the job's finish time: its id's time less the clock skew margin
+    (for a UUID that is not a version 7, which no jobpool id is, the epoch: no bound)."""
+    if job_id.version != UUID_VERSION:
+        return EPOCH
     return job_id_time(job_id) - CLOCK_SKEW_MARGIN
 
 
@@ -126,7 +131,11 @@ async def job_missing(conn: Connection, pool: str, tenant: str, job_id: JobId) -
     """The error for a job found neither unfinished nor in history."""
     row = await conn.fetchrow(QUERIES["pool_history_get"], pool)
     pruned_before = None if row is None else row["history_pruned_before"]
-    if pruned_before is not None and job_id_time(job_id) < pruned_before:
+    if (
+        pruned_before is not None
+        and job_id.version == UUID_VERSION
+        and job_id_time(job_id) < pruned_before
+    ):
         return JobHistoryDropped(
             f"job {job_id} is not in the history of pool {pool!r} for tenant {tenant!r}: "
             f"jobs that ended before {pruned_before:%Y-%m-%d %H:%M:%S %Z} were dropped "
