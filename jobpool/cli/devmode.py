@@ -19,7 +19,9 @@ follows the ring: a ``ring`` notification on the pool's worker channel (sent by
 ``jobpool ring``), or the once-a-second re-read of the pool, starts the missing
 ordinals and sends SIGTERM to the ones beyond the ring. A worker that exits on its own
 is restarted after a backoff (1 s, 2 s, 5 s, 10 s, then every 30 s; back to 1 s once
-it had run for a minute).
+it had run for a minute). Hourly (and at start) it also runs history maintenance, as
+the operator does on Kubernetes: partitions of the coming days, finished jobs past
+retention dropped.
 
 Each worker's output (stdout and stderr) is appended to ``<data dir>/logs/worker-<i>.log``
 and forwarded to the terminal prefixed with ``worker <i> |``. On a terminal the
@@ -69,6 +71,7 @@ from jobpool.store.embedded import (
     start_server,
     write_state,
 )
+from jobpool.store.history import history_maintain
 from jobpool.store.listener import EventListener
 from jobpool.store.migrate import migrate
 from jobpool.store.overview import job_history_recent_counts, lease_list
@@ -77,6 +80,9 @@ from jobpool.store.schedules import schedule_list
 from jobpool.store.workers import WorkerRow, pool_queue_counts, worker_list
 
 REFRESH_S = 1.0
+HISTORY_MAINTAIN_S = 3600.0
+"""How often the supervisor runs history maintenance (first at start): what the
+operator does on Kubernetes, so a dev database keeps 7 days of finished jobs."""
 STALE_ROW_S = 60.0
 """A worker row without a process of ours is shown while its heartbeat is this recent."""
 LOGS = "logs"
@@ -279,6 +285,7 @@ class Supervisor:
             self.worker_command, dsn=dsn, logs=logs, out=out, on_exit=self._wake.set
         )
         self._conn: asyncpg.Connection | None = None
+        self._history_due_at = 0.0  # time.monotonic() of the next history maintenance
 
     @property
     def replicas(self) -> int:
@@ -359,6 +366,7 @@ class Supervisor:
             recent = await job_history_recent_counts(self._conn, name, window_s=RECENT_S)
             dlq = await dlq_count_pending(self._conn, name)
             schedules = await schedule_list(self._conn, name)
+            await self._keep_history(self._conn)
         except (JobpoolError, *UNREACHABLE) as exc:
             message = redact(str(exc) or type(exc).__name__, self.dsn)
             if message != self.snapshot.error:
@@ -385,6 +393,18 @@ class Supervisor:
             dlq=dlq,
             schedules=schedules,
         )
+
+    async def _keep_history(self, conn: asyncpg.Connection) -> None:
+        """Every ``HISTORY_MAINTAIN_S``: partitions ahead, history past retention dropped."""
+        if time.monotonic() < self._history_due_at:
+            return
+        done = await history_maintain(conn)
+        self._history_due_at = time.monotonic() + HISTORY_MAINTAIN_S
+        if done.dropped or done.deleted:
+            self.out.event(
+                f"history: dropped {done.dropped} day(s) past retention, "
+                f"deleted {done.deleted} finished job(s) of pools keeping less"
+            )
 
     # -- processes -------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ import pytest
 from worker_helpers import FakeWorker
 
 from jobpool import Client, JobState
+from jobpool.cli.devmode import DevOptions, Supervisor
+from jobpool.cli.devview import Output
 from jobpool.errors import InvalidInput, JobHistoryDropped, JobNotFound
 from jobpool.ids import job_id_time, new_job_id
 from jobpool.models import JobId, Pool
@@ -312,3 +314,35 @@ async def test_the_operator_role_maintains_but_cannot_move_the_clock(
             await history_maintain(raw, at=datetime.now(UTC) + 30 * DAY)
     finally:
         await raw.close()
+
+
+# -- jobpool dev does it by itself ---------------------------------------------------------
+
+
+async def test_the_dev_supervisor_keeps_the_history(
+    conn: asyncpg.Connection, dsn: str, pool: Pool, tmp_path: Path
+) -> None:
+    """Its first refresh runs maintenance: a missing partition of the coming days is
+    made again, and finished jobs past retention are dropped with a line saying so."""
+    *later, until = sorted(await history_partition_list(conn), key=lambda p: p.name)
+    for partition in (later[-1], until):
+        await conn.execute(f"DROP TABLE {partition.name}")
+    await history_maintain(conn, at=datetime.now(UTC) - 21 * DAY)  # four days, long past
+    options = DevOptions(
+        app="app:registry", pool=pool.name, replicas=0, shards=pool.shards, concurrency=1,
+        metrics_port=0, data_dir=tmp_path, dsn=dsn, live=False,
+    )  # fmt: skip
+    events: list[str] = []
+    out = Output(live=False)
+    out.event = events.append  # type: ignore[method-assign]
+    supervisor = Supervisor(options, dsn, pool, tmp_path / "logs", out)
+
+    await supervisor.refresh()
+
+    names = {p.name for p in await history_partition_list(conn)}
+    assert later[-1].name in names
+    assert events == [
+        "history: dropped 4 day(s) past retention, deleted 0 finished job(s) of pools keeping less"
+    ]
+    await supervisor.refresh()  # not again before the hour is out
+    assert len(events) == 1
