@@ -312,6 +312,7 @@ async def test_the_operator_role_maintains_but_cannot_move_the_clock(
         assert len(await history_partition_list(raw)) >= HISTORY_DAYS_AHEAD
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await history_maintain(raw, at=datetime.now(UTC) + 30 * DAY)
+        assert await history_retention_set(raw, pool.name, timedelta(days=30))
     finally:
         await raw.close()
 
