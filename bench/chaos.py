@@ -85,7 +85,9 @@ class Soak:
                 self.chaos.fleet.start(ordinal)
 
     def victim(self) -> int:
-        return self.rng.randrange(self.replicas)
+        """A random ordinal of the ring that has a running pod."""
+        live = self.chaos.fleet.live()
+        return self.rng.choice([o for o in range(self.replicas) if o in live])
 
     async def kill9(self) -> None:
         await self.chaos.fleet.live()[self.victim()].kill9()
@@ -170,8 +172,14 @@ async def inject_faults(soak: Soak, stop: asyncio.Event, every_s: float) -> None
         name, fault = rotation[turn % len(rotation)]
         turn += 1
         say(f"fault: {name}")
-        await fault()
-        soak.faults[name] += 1
+        soak.heal()
+        try:
+            await fault()
+        except Exception as exc:  # the driver's own failure: reported, the soak goes on
+            say(f"fault {name} could not be injected: {exc!r}")
+            soak.faults[f"{name} (not injected)"] += 1
+        else:
+            soak.faults[name] += 1
         soak.heal()
 
 
@@ -188,12 +196,17 @@ async def load(soak: Soak, *, jobs: int, seconds: float) -> None:
 
 
 async def report_progress(soak: Soak, stop: asyncio.Event) -> None:
+    """A line every 10 s, over a connection of its own (the faults use the run's)."""
     started = time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 10)
         with contextlib.suppress(Exception):  # the database may be restarting
-            done = await soak.chaos.conn.fetchval("SELECT count(*) FROM job_history")
+            conn = await asyncpg.connect(soak.server.uri)
+            try:
+                done = await conn.fetchval("SELECT count(*) FROM job_history")
+            finally:
+                await conn.close()
             say(
                 f"{time.monotonic() - started:6.0f} s: {len(soak.chaos.workload.submitted)} "
                 f"submitted, {done} finished, ring {soak.replicas}, faults {dict(soak.faults)}"

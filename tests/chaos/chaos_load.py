@@ -53,9 +53,11 @@ OUTAGE_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
     DatabaseUnavailable,
 )
-"""What a call raises while PostgreSQL is down or restarting."""
+"""What a call raises while PostgreSQL is down or restarting (``InternalClientError``:
+a pooled connection an outage broke mid-operation, seen right after a restart)."""
 
 
 @dataclass
