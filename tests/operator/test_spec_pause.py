@@ -29,7 +29,7 @@ async def test_the_spec_pauses_and_resumes_the_pool_and_the_status_shows_it(
     await cluster.create_jobpool("emails", {**SPEC, "paused": True, "pausedTypes": ["report"]})
     wanted = PoolPause(paused=True, types=frozenset({"report"}))
     await cluster.eventually(lambda: pause_is(conn, wanted), what="the pause in the row")
-    assert cluster.events("emails", "Paused")
+    await cluster.eventually(lambda: cluster.events("emails", "Paused"), what="a Paused event")
 
     async with Client(dsn, pool="emails", tenant="acme") as client:
         jobs = await client.submit("report", [{"n": i} for i in range(3)])
