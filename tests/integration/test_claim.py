@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from routing import routed
 
 from jobpool import CancelOutcome, Client, Item, JobState
 from jobpool.errors import JobCancelled, JobFailed
@@ -30,7 +31,7 @@ from jobpool.models import (
     Priority,
     Retry,
 )
-from jobpool.sharding import shard_for, shards_of
+from jobpool.sharding import shards_of
 from jobpool.store.execution import job_claim_batch, job_finish_many, job_retry_many
 from jobpool.store.jobs import job_cancel
 from jobpool.store.leases import lease_release, lease_take
@@ -42,17 +43,9 @@ TTL = 60.0
 EVERY_LANE = dict.fromkeys(Priority, 1000)
 
 
-def _key_for(shard: int) -> str:
-    """A routing key that lands in ``shard`` of the 16-shard test pool."""
-    return next(f"k{i}" for i in range(10_000) if shard_for(f"k{i}", SHARDS) == shard)
-
-
-KEYS = {shard: _key_for(shard) for shard in range(SHARDS)}
-
-
 async def _submit(client: Client, shard: int, count: int = 1, **options: object) -> list[Job]:
     jobs = await client.submit(
-        "send", [{"shard": shard, "n": i} for i in range(count)], key=KEYS[shard], **options
+        "send", routed(shard, [{"shard": shard, "n": i} for i in range(count)]), **options
     )
     assert {job.shard for job in jobs} == {shard}
     return jobs
@@ -186,7 +179,7 @@ async def test_claim_is_fifo_by_run_at_within_a_shard(
     base = _now() - timedelta(hours=1)
     offsets = [7, 2, 9, 0, 4, 1]
     items = [Item(payload={"offset": m}, run_at=base + timedelta(minutes=m)) for m in offsets]
-    jobs = await client.submit("send", items, key=KEYS[4])
+    jobs = await client.submit("send", routed(4, items))
     await _take(conn, "w0", 0, [4])
 
     order = []
@@ -204,7 +197,7 @@ async def test_claim_takes_the_oldest_across_shards(
     base = _now() - timedelta(hours=1)
     for shard, minutes in [(0, (1, 3, 5)), (1, (2, 4, 6))]:
         items = [Item(payload={"m": m}, run_at=base + timedelta(minutes=m)) for m in minutes]
-        await client.submit("send", items, key=KEYS[shard])
+        await client.submit("send", routed(shard, items))
     await _take(conn, "w0", 0, [0, 1])
 
     got = await _claim(conn, "w0", [0, 1], {Priority.NORMAL: 3})
@@ -233,8 +226,7 @@ async def test_claimed_rows_run_under_the_owner_and_its_current_epoch(
     await _take(conn, "w3-b", 3, [3])  # a restart: epoch 2
     [job] = await client.submit(
         "send",
-        [{"to": "a@example.com"}],
-        key=KEYS[3],
+        routed(3, [{"to": "a@example.com"}]),
         priority="high",
         max_attempts=5,
         duration="long",
@@ -477,8 +469,7 @@ async def test_finish_moves_a_mixed_batch_out_of_the_hot_table(
 ) -> None:
     ok, dead, cancelled = await client.submit(
         "send",
-        [{"n": 1}, {"n": 2}, {"n": 3}],
-        key=KEYS[6],
+        routed(6, [{"n": 1}, {"n": 2}, {"n": 3}]),
         request_id="req-9",
         user_id="u-9",
     )

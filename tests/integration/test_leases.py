@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+from routing import routed
 
 from jobpool import Client, JobState
 from jobpool.models import Job, Pool, Priority
-from jobpool.sharding import shard_for
 from jobpool.store.execution import job_claim_batch
 from jobpool.store.leases import lease_holders, lease_release, lease_renew, lease_take
 
@@ -23,16 +23,8 @@ SHARDS = 16
 TTL = 30.0
 
 
-def _key_for(shard: int) -> str:
-    """A routing key that lands in ``shard`` of the 16-shard test pool."""
-    return next(f"k{i}" for i in range(10_000) if shard_for(f"k{i}", SHARDS) == shard)
-
-
-KEYS = {shard: _key_for(shard) for shard in range(SHARDS)}
-
-
 async def _submit(client: Client, shard: int, count: int) -> list[Job]:
-    jobs = await client.submit("send", [{"n": i} for i in range(count)], key=KEYS[shard])
+    jobs = await client.submit("send", routed(shard, [{"n": i} for i in range(count)]))
     assert {job.shard for job in jobs} == {shard}
     return jobs
 
