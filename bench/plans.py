@@ -8,7 +8,9 @@ worker sends, as it sends them at the product's default settings (captured with 
 query logger while the store functions run):
 
 * the claim of a drain's steady state: one lane (``normal``) wanting a lane's
-  prefetch capacity, and the first claim after a wake-up, which asks all four lanes;
+  prefetch capacity from the shards one claim visits (at most ``SHARDS_PER_CLAIM``),
+  and the first claim after a wake-up, which asks all four lanes; for comparison, the
+  steady-state claim over every owned shard at once;
 * the completion of the jobs one claim got (``job_finish_many``, all succeeded).
 
 Each is run under ``EXPLAIN (ANALYZE, BUFFERS)`` in a transaction that is rolled back,
@@ -53,6 +55,7 @@ from jobpool.models import Finish, JobState, Priority
 from jobpool.store import execution
 from jobpool.store.leases import lease_take
 from jobpool.store.queries import QUERIES
+from jobpool.worker.dispatcher import SHARDS_PER_CLAIM
 from jobpool.worker.settings import WorkerSettings
 
 NAMED = frozenset(QUERIES.values())
@@ -131,6 +134,13 @@ def _claim(lanes: dict[Priority, int], shards: int) -> Callable[[Any], Awaitable
     )
 
 
+CLAIMS = {  # name: (every lane?, every shard?)
+    "claim": (False, False),
+    "claim-4-lanes": (True, False),
+    "claim-every-shard": (False, True),
+}
+
+
 def _finish(finishes: list[Finish]) -> Callable[[Any], Awaitable[Any]]:
     return lambda conn: execution.job_finish_many(conn, POOL, owner=OWNER, finishes=finishes)
 
@@ -138,19 +148,18 @@ def _finish(finishes: list[Finish]) -> Callable[[Any], Awaitable[Any]]:
 async def measure(dsn: str, shards: int, runs: int) -> dict[str, list[Cost]]:
     """Costs of the steady-state claim, the all-lanes claim and a completion, per run."""
     capacity = WorkerSettings(dsn=dsn, pool=POOL, ordinal=0).lane_capacity
-    claims = {
-        "claim": {Priority.NORMAL: capacity},
-        "claim-4-lanes": dict.fromkeys(Priority, capacity),
-    }
-    costs: dict[str, list[Cost]] = {name: [] for name in [*claims, "finish"]}
+    visited = min(shards, SHARDS_PER_CLAIM)
+    costs: dict[str, list[Cost]] = {name: [] for name in [*CLAIMS, "finish"]}
     conn = await asyncpg.connect(dsn)
     try:
         for _ in range(runs):
-            for name, lanes in claims.items():
-                sql, args, _ = await _statement(conn, _claim(lanes, shards))
+            for name, (every_lane, every_shard) in CLAIMS.items():
+                lanes = dict.fromkeys(Priority if every_lane else [Priority.NORMAL], capacity)
+                claim = _claim(lanes, shards if every_shard else visited)
+                sql, args, _ = await _statement(conn, claim)
                 costs[name].append(await _explained(conn, sql, args))
             async with conn.transaction():  # claimed for real, so they can be finished
-                claimed = await _claim(claims["claim"], shards)(conn)
+                claimed = await _claim({Priority.NORMAL: capacity}, visited)(conn)
             finishes = [Finish(job_id=job.id, state=JobState.SUCCEEDED) for job in claimed]
             sql, args, _ = await _statement(conn, _finish(finishes))
             costs["finish"].append(await _explained(conn, sql, args))
