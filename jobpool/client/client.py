@@ -126,14 +126,14 @@ class Client:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection bound to this client's tenant, fully reset after use."""
-        async with self._connection() as conn:
+        async with self.statements() as conn:
             try:
                 yield conn
             finally:
                 await conn.reset()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def statements(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for the client's own statements, which leave no session
         state behind: released without the reset round trip."""
         if self._conns is None:
@@ -244,7 +244,7 @@ class Client:
     async def _insert_own(self, new_jobs: list[NewJob]) -> list[Job]:
         """On a connection of our own: one statement, or a transaction when dedupe keys
         may need a second look-up (so the batch stays atomic)."""
-        async with self._connection() as conn:
+        async with self.statements() as conn:
             if not any(job.dedupe_key for job in new_jobs):
                 return await jobs.job_insert_many(conn, self.pool_name, self.tenant, new_jobs)
             async with conn.transaction():
@@ -269,7 +269,7 @@ class Client:
     # -- following and cancelling ------------------------------------------------
 
     async def status(self, job_id: JobId | str) -> JobStatus:
-        async with self._connection() as conn:
+        async with self.statements() as conn:
             return await jobs.job_status(conn, self.pool_name, self.tenant, _job_id(job_id))
 
     async def cancel(self, job_id: JobId | str) -> CancelOutcome:
@@ -277,7 +277,7 @@ class Client:
 
         Raises ``JobAlreadyFinished`` for an ended job, ``JobNotFound`` for an unknown one.
         """
-        async with self._connection() as conn, conn.transaction():
+        async with self.statements() as conn, conn.transaction():
             return await jobs.job_cancel(conn, self.pool_name, self.tenant, _job_id(job_id))
 
     async def result(self, job_id: JobId | str, *, timeout: float | None = None) -> JSON:
