@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # ``tests.pg`` lives next to ``bench``
     sys.path.insert(0, str(REPO_ROOT))
 
-from jobpool.store.embedded import throwaway_server  # noqa: E402
+from jobpool.dev.embedded import throwaway_server  # noqa: E402
 from jobpool.store.migrate import migrate  # noqa: E402
 from jobpool.store.pools import pool_ensure  # noqa: E402
 from jobpool.worker.settings import WorkerSettings  # noqa: E402

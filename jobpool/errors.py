@@ -72,6 +72,10 @@ class AccessDenied(JobpoolError, PermissionError):
     tenants, or to none) or run this statement (it lacks the jobpool group role)."""
 
 
+class DevAlreadyRunning(JobpoolError):
+    """Another ``jobpool dev`` session holds the data directory."""
+
+
 class PoolNotFound(JobpoolError, LookupError):
     """The named pool has no row in the ``pools`` table (create it first)."""
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import asyncpg
 
-from jobpool.store.embedded import throwaway_server
+from jobpool.dev.embedded import throwaway_server
 
 _URI = re.compile(r"(?P<head>postgres(?:ql)?://[^/?#]*)(?P<path>/[^?#]*)?(?P<tail>.*)", re.S)
 _DB_PARAMS = frozenset({"dbname", "database"})

@@ -26,8 +26,10 @@ import asyncpg
 import typer
 
 from jobpool.client import Client
+from jobpool.dev.embedded import live_state
 from jobpool.errors import (
     DatabaseUnavailable,
+    DevAlreadyRunning,
     DlqEntryAlreadyReplayed,
     DlqEntryNotFound,
     InvalidInput,
@@ -41,7 +43,6 @@ from jobpool.errors import (
     PoolNotFound,
 )
 from jobpool.store.connect import connect, redact
-from jobpool.store.embedded import live_state
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -165,7 +166,7 @@ def require_dsn(dsn: str | None) -> str:
     """The DSN, checked for shape; ``CliError`` when missing or malformed.
 
     Without one, the database of a running ``jobpool dev`` (found through its state
-    file, see ``jobpool.store.embedded``) is used, with a one-line note on stderr.
+    file, see ``jobpool.dev.embedded``) is used, with a one-line note on stderr.
     """
     if dsn:
         return dsn
@@ -233,7 +234,7 @@ _CONNECTION_LOST = (ConnectionResetError, ConnectionAbortedError, ConnectionRefu
 _EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], ExitCode], ...] = (
     (InvalidInput, ExitCode.USAGE),
     ((PoolNotFound, JobNotFound, DlqEntryNotFound), ExitCode.NOT_FOUND),
-    ((JobAlreadyFinished, DlqEntryAlreadyReplayed), ExitCode.CONFLICT),
+    ((JobAlreadyFinished, DlqEntryAlreadyReplayed, DevAlreadyRunning), ExitCode.CONFLICT),
     ((JobFailed, JobCancelled), ExitCode.FAILED),
     (JobWaitTimeout, ExitCode.TIMEOUT),
     # Not every OSError: a broken stdout pipe is left to click, which exits quietly.

@@ -1,7 +1,7 @@
 """``jobpool dev``: a database, a pool and its workers in one command, for local work.
 
-The supervisor itself lives in ``jobpool.cli.devmode``; the embedded database and the
-state file in ``jobpool.store.embedded``.
+The supervisor itself lives in ``jobpool.dev.session``; the embedded database and the
+state file in ``jobpool.dev.embedded``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Annotated
 import typer
 
 from jobpool.cli.common import CONNECTION_PANEL, command
-from jobpool.cli.devmode import DevOptions, run_dev
 from jobpool.cli.worker import load_registry
+from jobpool.dev.embedded import DEV_DIR_ENV, default_data_dir
+from jobpool.dev.session import DevOptions, run_dev
 from jobpool.models import check_pool_name
-from jobpool.store.embedded import DEV_DIR_ENV, default_data_dir
 
 PANEL = "Workers"
 

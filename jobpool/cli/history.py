@@ -32,7 +32,7 @@ from jobpool.cli.common import (
     require_dsn,
     run,
 )
-from jobpool.cli.output import echo_json, plain, print_table, when
+from jobpool.cli.output import echo_json, plain, print_table
 from jobpool.cli.usage import PlainGroup
 from jobpool.store.history import (
     HistoryPartition,
@@ -43,6 +43,7 @@ from jobpool.store.history import (
     history_retention_get,
     history_retention_set,
 )
+from jobpool.timefmt import when
 
 app = typer.Typer(
     name="history",

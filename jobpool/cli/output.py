@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -19,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobpool.models import DlqEntry, ErrorRecord, JobState, JobStatus, Pool
+from jobpool.timefmt import when
 
 PIPE_WIDTH_CHARS = 200
 """Table width when stdout is not a terminal, so piped tables are not cut at 80 columns."""
@@ -36,13 +36,6 @@ def echo_json(value: Any) -> None:
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     typer.echo(to_json_text(value))
-
-
-def when(moment: datetime | None) -> str:
-    """``2025-01-31 12:00:00Z``, or ``-`` for no time."""
-    if moment is None:
-        return "-"
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def echo_fields(fields: Fields) -> None:

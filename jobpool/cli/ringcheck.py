@@ -20,10 +20,7 @@ from datetime import datetime
 from asyncpg import Connection
 
 from jobpool.store.stats import db_now
-from jobpool.store.workers import WorkerRow, worker_list
-
-LIVE_HEARTBEAT_S = 30.0
-"""Twice the workers' default lease TTL: a row with an older heartbeat is a dead worker's."""
+from jobpool.store.workers import LIVE_HEARTBEAT_S, WorkerRow, worker_list
 
 
 def live_ordinals(rows: Iterable[WorkerRow], now: datetime) -> set[int]:

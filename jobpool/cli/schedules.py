@@ -25,10 +25,11 @@ from jobpool.cli.common import (
     require_dsn,
     run,
 )
-from jobpool.cli.output import echo_json, plain, print_table, when
+from jobpool.cli.output import echo_json, plain, print_table
 from jobpool.store.pools import pool_get
 from jobpool.store.schedules import ScheduleRow, schedule_list
 from jobpool.store.stats import db_now
+from jobpool.timefmt import when
 
 PANEL = "Jobs"
 

@@ -71,9 +71,7 @@ class SyncDlqClient:
     def discard_pending(
         self, *, type: str | None = None, older_than: timedelta = timedelta(0)
     ) -> int:
-        return self._sync._run(
-            self._sync.aio.dlq.discard_pending(type=type, older_than=older_than)
-        )
+        return self._sync._run(self._sync.aio.dlq.discard_pending(type=type, older_than=older_than))
 
 
 class SyncClient:

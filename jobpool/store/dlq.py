@@ -128,9 +128,7 @@ async def dlq_discard_pending(
     if type is None:
         return int(await conn.fetchval(QUERIES["dlq_discard_pending"], pool, tenant, age))
     check_job_type(type)
-    return int(
-        await conn.fetchval(QUERIES["dlq_discard_pending_by_type"], pool, tenant, age, type)
-    )
+    return int(await conn.fetchval(QUERIES["dlq_discard_pending_by_type"], pool, tenant, age, type))
 
 
 async def dlq_count_pending(conn: Connection, pool: str) -> int:

@@ -11,6 +11,10 @@ from pydantic import BaseModel, ConfigDict
 from jobpool.models import JobState, Priority
 from jobpool.store.queries import QUERIES
 
+LIVE_HEARTBEAT_S = 30.0
+"""Twice the workers' default lease TTL: a row with an older heartbeat is a dead worker's
+(what the CLI and ``jobpool dev`` call live; the operator judges by the spec's TTL)."""
+
 
 class WorkerCounters(BaseModel):
     """What one worker reports with each heartbeat."""

@@ -31,9 +31,7 @@ import pytest
 
 from jobpool import Client
 from jobpool.cli.common import CliError, ExitCode, Target, require_dsn
-from jobpool.errors import JobpoolError
-from jobpool.models import JobState
-from jobpool.store.embedded import (
+from jobpool.dev.embedded import (
     PGDATA,
     STATE_FILE,
     DevState,
@@ -41,6 +39,8 @@ from jobpool.store.embedded import (
     stop_server,
     write_state,
 )
+from jobpool.errors import JobpoolError
+from jobpool.models import JobState
 from jobpool.store.workers import worker_list
 
 REPO = Path(__file__).resolve().parents[2]

@@ -42,7 +42,7 @@ from acceptance_kit import POOL, SHARDS, TENANT, Fleet, WorkerProcess, wait_for 
 from chaos_handlers import DSN_ENV  # noqa: E402
 from chaos_history import Process  # noqa: E402
 
-from jobpool.store.embedded import stop_server  # noqa: E402
+from jobpool.dev.embedded import stop_server  # noqa: E402
 from jobpool.store.migrate import migrate  # noqa: E402
 
 __all__ = [

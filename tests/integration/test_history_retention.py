@@ -24,8 +24,8 @@ import pytest
 from worker_helpers import FakeWorker
 
 from jobpool import Client, JobState
-from jobpool.cli.devmode import DevOptions, Supervisor
-from jobpool.cli.devview import Output
+from jobpool.dev.session import DevOptions, Supervisor
+from jobpool.dev.view import Output
 from jobpool.errors import InvalidInput, JobHistoryDropped, JobNotFound
 from jobpool.ids import job_id_time, new_job_id
 from jobpool.models import JobId, Pool

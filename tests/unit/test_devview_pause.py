@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from jobpool.cli.devview import Frame, Snapshot, render, status_line
+from jobpool.dev.view import Frame, Snapshot, render, status_line
 from jobpool.models import JobState, Pool, PoolPause, Priority
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from jobpool.cli.devview import Frame, Snapshot, render, schedule_lines, status_line
 from jobpool.cron import Schedule
+from jobpool.dev.view import Frame, Snapshot, render, schedule_lines, status_line
 from jobpool.models import Pool
 from jobpool.store.schedules import ScheduleRow, ScheduleSource
 

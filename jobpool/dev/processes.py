@@ -1,7 +1,7 @@
 """The worker processes of ``jobpool dev``: started, watched, restarted, stopped.
 
 :class:`WorkerProcesses` keeps one worker process per ordinal ``0..R-1`` of the ring
-(the supervisor, ``jobpool.cli.devmode``, tells it ``R`` and when to stop). Each is a
+(the supervisor, ``jobpool.dev.session``, tells it ``R`` and when to stop). Each is a
 ``python -m jobpool worker --ordinal i`` (:class:`WorkerProcess`) in its own process
 group, with the DSN and a fresh incarnation in its environment. Its output (stdout and
 stderr) is appended to ``<logs>/worker-<i>.log`` and forwarded, line by line, to the
@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobpool.cli.devview import Output
+from jobpool.dev.view import Output
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 HEALTHY_AFTER_S = 60.0

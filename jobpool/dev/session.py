@@ -5,7 +5,7 @@
 1. claims the data directory (``dev.lock``): another ``jobpool dev`` on the same
    directory is refused;
 2. without a DSN, starts (or reuses) the embedded PostgreSQL of the data directory
-   (``jobpool.store.embedded``);
+   (``jobpool.dev.embedded``);
 3. migrates, creates the pool if needed and sets its ring to ``--replicas``;
 4. writes ``<data dir>/dev.json`` (DSN, pool, this pid) so the other commands find the
    database, and prints how to use it from another terminal;
@@ -30,8 +30,8 @@ line whenever something changes and at least every five seconds.
 
 This module holds the session and the supervisor's loop: reading the pool and its
 workers from the database, following the ring, handling the signals. The processes
-themselves are managed by ``jobpool.cli.devprocs``; what is shown, and how, is
-``jobpool.cli.devview``.
+themselves are managed by ``jobpool.dev.processes``; what is shown, and how, is
+``jobpool.dev.view``.
 """
 
 from __future__ import annotations
@@ -48,16 +48,7 @@ from pathlib import Path
 
 import asyncpg
 
-from jobpool.cli.common import APPLICATION_NAME, CliError, ExitCode
-from jobpool.cli.devprocs import WorkerProcesses
-from jobpool.cli.devview import RECENT_S, Frame, Output, Snapshot, WorkerView
-from jobpool.cli.ringcheck import LIVE_HEARTBEAT_S
-from jobpool.errors import DatabaseUnavailable, JobpoolError
-from jobpool.models import Pool
-from jobpool.store import channels
-from jobpool.store.connect import UNREACHABLE, connect, redact
-from jobpool.store.dlq import dlq_count_pending
-from jobpool.store.embedded import (
+from jobpool.dev.embedded import (
     DEV_DIR_ENV,
     PGDATA,
     DevState,
@@ -71,13 +62,20 @@ from jobpool.store.embedded import (
     start_server,
     write_state,
 )
+from jobpool.dev.processes import WorkerProcesses
+from jobpool.dev.view import RECENT_S, Frame, Output, Snapshot, WorkerView
+from jobpool.errors import DatabaseUnavailable, DevAlreadyRunning, JobpoolError
+from jobpool.models import Pool
+from jobpool.store import channels
+from jobpool.store.connect import UNREACHABLE, connect, redact
+from jobpool.store.dlq import dlq_count_pending
 from jobpool.store.history import history_maintain
 from jobpool.store.listener import EventListener
 from jobpool.store.migrate import migrate
 from jobpool.store.overview import job_history_recent_counts, lease_list
 from jobpool.store.pools import pool_ensure, pool_get, pool_set_replicas
 from jobpool.store.schedules import schedule_list
-from jobpool.store.workers import WorkerRow, pool_queue_counts, worker_list
+from jobpool.store.workers import LIVE_HEARTBEAT_S, WorkerRow, pool_queue_counts, worker_list
 
 REFRESH_S = 1.0
 HISTORY_MAINTAIN_S = 3600.0
@@ -86,7 +84,7 @@ operator does on Kubernetes, so a dev database keeps 7 days of finished jobs."""
 STALE_ROW_S = 60.0
 """A worker row without a process of ours is shown while its heartbeat is this recent."""
 LOGS = "logs"
-SUPERVISOR_APP_NAME = f"{APPLICATION_NAME}/dev"
+SUPERVISOR_APP_NAME = "jobpool-cli/dev"
 
 
 @dataclass(frozen=True)
@@ -119,10 +117,9 @@ def run_dev(options: DevOptions) -> None:
         if lock is not None:
             os.close(lock)
         who = f" (pid {previous.pid})" if previous is not None and live else ""
-        raise CliError(
+        raise DevAlreadyRunning(
             f"a jobpool dev{who} already runs on {data_dir}: "
-            "use it, stop it, or pass another --data-dir",
-            ExitCode.CONFLICT,
+            "use it, stop it, or pass another --data-dir"
         )
     out = Output(live=options.live)
     server: EmbeddedServer | None = None
@@ -210,10 +207,9 @@ async def _connect_first(dsn: str, *, from_env: bool) -> asyncpg.Connection:
     except DatabaseUnavailable as exc:
         if not from_env:
             raise
-        raise CliError(
+        raise DatabaseUnavailable(
             f"{exc} (JOBPOOL_DSN is set in your environment and overrides the embedded "
-            "database: unset it to use the embedded one)",
-            ExitCode.UNAVAILABLE,
+            "database: unset it to use the embedded one)"
         ) from None
 
 

@@ -1,6 +1,6 @@
 """What ``jobpool dev`` shows: its events, its workers' output, the live table, status lines.
 
-The supervisor (``jobpool.cli.devmode``) decides; this module only writes. It hands
+The supervisor (``jobpool.dev.session``) decides; this module only writes. It hands
 :class:`Output` a :class:`Frame` — the last :class:`Snapshot` read from the database
 and one :class:`WorkerView` per ordinal shown — whenever the display may have changed.
 
@@ -28,11 +28,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from jobpool.cli.output import when
 from jobpool.models import JobState, Pool, Priority, ShardId
 from jobpool.store.overview import ShardHolder
 from jobpool.store.schedules import ScheduleRow
 from jobpool.store.workers import WorkerRow
+from jobpool.timefmt import when
 
 STATUS_EVERY_S = 5.0
 """Without a terminal, an unchanged status line is still printed this often."""
