@@ -506,6 +506,13 @@ class Dispatcher:
         return Launcher(self._settings.pool, max_threads=2 * self._settings.concurrency)
 
     async def _run(self, job: ClaimedJob, ctx: JobContext) -> None:
+        if self._clock() >= self._ownership.valid_until:
+            # Frozen between _start_ready and this task's first step: our leases may be
+            # gone, so the handler must not start. The job waits in its buffer for the
+            # renewal (or is dropped with its shard when the lease turns out lost).
+            self.running.pop(job.id, None)
+            self.buffers[job.priority].appendleft(job)
+            return
         pool = self._settings.pool
         due = max(job.created_at, job.run_at)
         metrics.labelled(metrics.SUBMIT_TO_START, pool).observe(

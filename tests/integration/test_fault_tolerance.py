@@ -353,3 +353,38 @@ async def test_a_missing_ordinals_shards_are_adopted_then_handed_back(
         (0, "adopted", "released"),
         (1, "free", "released"),
     ], history
+
+
+async def test_an_attempt_whose_leases_lapsed_before_its_first_step_does_not_start(
+    dsn: str, client: Client
+) -> None:
+    """A process frozen between creating an attempt's task and the task's first step
+    (SIGSTOP) may have lost its leases meanwhile: the handler must not start then."""
+    calls: list[int] = []
+    registry = Registry()
+
+    @registry.handler("once")
+    async def once(payload: Any, ctx: Context) -> None:
+        calls.append(ctx.attempt)
+
+    async with running_worker(dsn, registry, lease_ttl_s=TTL) as run:
+        dispatcher, ownership = run.worker.dispatcher, run.worker.ownership
+        dispatcher.claiming = False  # this test feeds the buffer itself
+        job = await client.submit("once", {})
+        lanes = dict.fromkeys(Priority, 10)
+        async with run.worker._conns.acquire() as conn:  # type: ignore[union-attr]
+            [claimed] = await execution.job_claim_batch(
+                conn, POOL, owner=run.worker.settings.owner, shards=[job.shard], lanes=lanes
+            )
+        dispatcher.buffers[claimed.priority].append(claimed)
+        valid_until = ownership.valid_until
+        dispatcher._start_ready()  # the task exists; its first step has not run
+        ownership.valid_until = 0.0  # ... and the process "wakes up" past its leases
+        await asyncio.sleep(0.05)
+        assert calls == [], "a handler started past the leases' validity"
+        assert list(dispatcher.buffers[claimed.priority]) == [claimed]
+
+        ownership.valid_until = valid_until  # the heartbeat renewed them
+        dispatcher.wake()
+        assert await result_of(client, job.id, timeout=BOUND) is None
+    assert calls == [1]
