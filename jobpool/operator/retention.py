@@ -65,7 +65,7 @@ async def keep_history(
         kept = await history_retention_get(conn, pool)
         partitions = await history_partition_list(conn)
     status = HistoryStatus(
-        retention_days=spec.history_retention_days,
+        retention_days=round(kept.retention / timedelta(days=1)),  # what the pool's row says
         dropped_before=kept.pruned_before,
         partitions=len(partitions),
         maintained_at=datetime.now(UTC),
