@@ -259,25 +259,27 @@ class Dispatcher:
     async def _give_back_moved(self) -> None:
         """Buffered jobs of shards this worker no longer serves go back to the queue
         unstarted, so the shard drains and its next owner gets them."""
-        moved = [
-            job
-            for buf in self.buffers.values()
-            for job in buf
-            if not self._ownership.serves(job.shard)
-        ]
-        if not moved:
-            return
+        if moved := await self._give_back(lambda job: not self._ownership.serves(job.shard)):
+            log.info("gave back %d buffered jobs of shards that moved away", moved)
+
+    async def _give_back(self, which: Callable[[ClaimedJob], bool]) -> int:
+        """Put the buffered jobs ``which`` selects back in the queue, unstarted and
+        uncounted; they leave the buffers once the database took them back (a failed
+        write leaves them there, to be given back by the retry). Returns how many."""
+        jobs = [job for buf in self.buffers.values() for job in buf if which(job)]
+        if not jobs:
+            return 0
         async with self._conns.acquire() as conn:
             await execution.job_release_many(
                 conn,
                 self._settings.pool,
                 owner=self._settings.owner,
-                job_ids=[job.id for job in moved],
+                job_ids=[job.id for job in jobs],
             )
-        gone = {job.id for job in moved}
+        gone = {job.id for job in jobs}
         for lane, buf in self.buffers.items():
             self.buffers[lane] = deque(job for job in buf if job.id not in gone)
-        log.info("gave back %d buffered jobs of shards that moved away", len(moved))
+        return len(jobs)
 
     def _follow_pause(self) -> None:
         """A changed pause may have sent parked jobs back: every lane is asked again."""
@@ -553,7 +555,28 @@ class Dispatcher:
         elif outcome.state is JobState.SUCCEEDED:
             self.succeeded += 1
 
-    def interrupt(self, late: set[asyncio.Task[None]]) -> None:
+    # -- shutdown ----------------------------------------------------------------------
+
+    def stop_claiming(self) -> None:
+        """Claim nothing from now on (a shutdown); buffered jobs wait to be given back."""
+        self.claiming = False
+
+    async def give_back_buffered(self) -> None:
+        """Every buffered (never started) job goes back to the queue, uncounted."""
+        await self._give_back(lambda job: True)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let the running attempts finish for up to ``timeout_s``, then interrupt the
+        others: they are retried at once, and their handlers abandoned."""
+        running = [run.task for run in self.running.values()]
+        if not running:
+            return
+        log.info("draining %d running jobs (up to %.0f s)", len(running), timeout_s)
+        _, late = await asyncio.wait(running, timeout=timeout_s)
+        self._interrupt(late)
+        await asyncio.gather(*late, return_exceptions=True)  # prompt: handlers abandoned
+
+    def _interrupt(self, late: set[asyncio.Task[None]]) -> None:
         """Stop attempts still running after the drain timeout; retry them at once. Their
         handlers are abandoned (see ``launcher``): the shutdown does not wait for them."""
         for run in list(self.running.values()):

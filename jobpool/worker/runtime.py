@@ -1,4 +1,5 @@
-"""The worker process: wires ownership, dispatcher, completer and the channels.
+"""The worker process: wires ownership, dispatcher, completer, the periodic service,
+the gauges and the channels, and runs each as a loop (``loops.forever``).
 
 ``Worker.run()`` runs until ``stop()`` (SIGTERM/SIGINT), then shuts down gracefully:
 stop claiming, give the buffered (never started) jobs back, let the running ones
@@ -15,37 +16,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from jobpool.models import ClaimedJob, JobId, Retry, ShardId
-from jobpool.store import channels, connect, dlq, execution
+from jobpool.models import JobId, Retry, ShardId
+from jobpool.store import channels, connect, execution
 from jobpool.store.listener import EventListener
 from jobpool.store.workers import WorkerCounters
 from jobpool.worker import metrics
 from jobpool.worker.completer import Completer
 from jobpool.worker.dispatcher import Dispatcher
 from jobpool.worker.executor import Outcome
+from jobpool.worker.loops import Step, forever, until_done
 from jobpool.worker.ownership import Ownership
 from jobpool.worker.periodic import PeriodicService
+from jobpool.worker.progress import ProgressWriter
 from jobpool.worker.registry import Registry
 from jobpool.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-
-# What a lost or refusing database looks like to the driver (InternalClientError: a
-# query sent on a connection the server has just terminated).
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-STATS_INTERVAL_S = 2.0
-"""Refresh period of the queue gauges (one count over this worker's queued jobs)..."""
-STATS_MAX_BUSY = 0.05
-"""...stretched so that counting takes at most this share of the time (a count of
-1,000,000 queued jobs takes about 0.3 s: refreshed every 6 s)."""
-
-Step = Callable[[], Awaitable[None]]
 
 
 class Worker:
@@ -116,7 +105,7 @@ class Worker:
             self.registry,
             ownership=self._ownership,
             completer=completer,
-            report_progress=self._report,
+            report_progress=ProgressWriter(conns, pool=s.pool, owner=s.owner),
         )
         # The holder of shard 0 enqueues the pool's periodic jobs (once per tick anyway).
         periodic = PeriodicService(
@@ -125,6 +114,7 @@ class Worker:
             declared=self.registry.schedules,
             active=lambda: ShardId(0) in self.ownership.claimable,
         )
+        gauges = metrics.QueueGauges(conns, pool=s.pool, held=lambda: self.ownership.held)
         server = (
             metrics.serve(s.metrics_port, lambda: self.ready, host=s.metrics_host)
             if s.metrics_port
@@ -133,15 +123,18 @@ class Worker:
         loops: list[asyncio.Task[None]] = []
         try:
             async with listener.subscribe() as events:
-                await _retrying("start", self._prepare)
-                await _retrying("start", self._follow_ring)
+                await until_done("start", self._prepare)
+                await until_done("start", self._follow_ring)
                 loops += [
-                    asyncio.create_task(_forever("listener", self._router(events))),
-                    asyncio.create_task(_forever("ownership", self._heartbeat)),
-                    asyncio.create_task(_forever("dispatcher", self.dispatcher.step)),
-                    asyncio.create_task(_forever("completer", completer.step)),
-                    asyncio.create_task(_forever("stats", self._stats)),
-                    asyncio.create_task(_forever("periodic", periodic.step)),
+                    asyncio.create_task(forever(name, step))
+                    for name, step in (
+                        ("listener", self._router(events)),
+                        ("ownership", self._heartbeat),
+                        ("dispatcher", self.dispatcher.step),
+                        ("completer", completer.step),
+                        ("stats", gauges.step),
+                        ("periodic", periodic.step),
+                    )
                 ]
                 self._started.set()
                 log.info(
@@ -196,24 +189,6 @@ class Worker:
             self.ownership.healthy = False
             raise
 
-    async def _stats(self) -> None:
-        assert self._conns is not None
-        pool = self.settings.pool
-        # The DLQ is pool-wide: only the holder of shard 0 counts it, so the pool is
-        # counted once and the pods' gauges add up.
-        reports_dlq = 0 in self.ownership.held
-        began = time.monotonic()
-        async with self._conns.acquire() as conn:
-            depth = await execution.job_queue_depth(conn, pool, shards=list(self.ownership.held))
-            dlq_size = await dlq.dlq_count_pending(conn, pool) if reports_dlq else 0
-        busy_s = time.monotonic() - began
-        for state, lanes in depth.items():
-            for priority, queued in lanes.items():
-                metrics.QUEUE_DEPTH.labels(pool, priority.value, state.value).set(queued)
-        metrics.DLQ_SIZE.labels(pool).set(dlq_size)
-        metrics.SHARDS_OWNED.labels(pool).set(len(self.ownership.held))
-        await asyncio.sleep(max(STATS_INTERVAL_S, busy_s / STATS_MAX_BUSY))
-
     # -- callbacks -------------------------------------------------------------------
 
     def _counters(self) -> WorkerCounters:
@@ -221,28 +196,6 @@ class Worker:
         if d is None:
             return WorkerCounters()
         return WorkerCounters(running=len(d.running), succeeded=d.succeeded, failed=d.failed)
-
-    async def _report(self, job: ClaimedJob, fraction: float | None, message: str | None) -> None:
-        """Progress is best effort: a database hiccup must not fail the attempt."""
-        assert self._conns is not None
-        try:
-            await self._write_progress(job, fraction, message)
-        except DB_ERRORS as exc:
-            log.warning("progress of job %s not recorded: %s", job.id, exc)
-
-    async def _write_progress(
-        self, job: ClaimedJob, fraction: float | None, message: str | None
-    ) -> None:
-        assert self._conns is not None
-        async with self._conns.acquire() as conn:
-            await execution.job_progress_update(
-                conn,
-                self.settings.pool,
-                owner=self.settings.owner,
-                job_id=job.id,
-                fraction=fraction,
-                message=message,
-            )
 
     def _on_written(self, batch: list[Outcome], accepted: set[JobId]) -> None:
         if any(isinstance(o, Retry) and o.job_id in accepted for o in batch):
@@ -258,14 +211,9 @@ class Worker:
     async def _shutdown(self, completer: Completer, loops: list[asyncio.Task[None]]) -> None:
         s = self.settings
         dispatcher = self.dispatcher
-        dispatcher.claiming = False
-        await _retrying("release buffered jobs", self._release_buffered)
-        running = [run.task for run in dispatcher.running.values()]
-        if running:
-            log.info("draining %d running jobs (up to %.0f s)", len(running), s.drain_timeout_s)
-            _, late = await asyncio.wait(running, timeout=s.drain_timeout_s)
-            dispatcher.interrupt(late)
-            await asyncio.gather(*late, return_exceptions=True)  # prompt: handlers abandoned
+        dispatcher.stop_claiming()
+        await until_done("release buffered jobs", dispatcher.give_back_buffered)
+        await dispatcher.drain(s.drain_timeout_s)
         await completer.drained()
         if abandoned := dispatcher.launcher.abandoned_jobs():
             log.warning(
@@ -277,52 +225,8 @@ class Worker:
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
-        await _retrying("release leases", self.ownership.release_all)
+        await until_done("release leases", self.ownership.release_all)
         log.info("worker %s stopped cleanly", s.owner)
-
-    async def _release_buffered(self) -> None:
-        assert self._conns is not None
-        ids = self.dispatcher.buffered_ids()
-        for buf in self.dispatcher.buffers.values():
-            buf.clear()
-        async with self._conns.acquire() as conn:
-            await execution.job_release_many(
-                conn, self.settings.pool, owner=self.settings.owner, job_ids=ids
-            )
-
-
-async def _forever(name: str, step: Step) -> None:
-    """Run ``step`` (one iteration of a loop) again and again. A failure is logged and
-    retried with backoff, which starts over after every successful step: a worker loop
-    never dies silently, whatever it meets."""
-    failures = 0
-    while True:
-        try:
-            await step()
-            failures = 0
-        except DB_ERRORS as exc:
-            failures = await _back_off(name, failures, exc)
-        except Exception as exc:
-            log.exception("%s failed", name)
-            failures = await _back_off(name, failures, exc)
-
-
-async def _back_off(name: str, failures: int, exc: BaseException) -> int:
-    delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-    log.warning("%s: %s, retrying in %.1f s", name, exc, delay)
-    await asyncio.sleep(delay)
-    return failures + 1
-
-
-async def _retrying(name: str, step: Step) -> None:
-    """Run ``step`` once, retrying database errors with backoff until it succeeds
-    (anything else propagates: at start, a missing pool must end the worker)."""
-    failures = 0
-    while True:
-        try:
-            return await step()
-        except DB_ERRORS as exc:
-            failures = await _back_off(name, failures, exc)
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -130,7 +130,7 @@ async def _cancel_orphaned_loops() -> None:
     loops = [
         task
         for task in asyncio.all_tasks()
-        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == "_forever"
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == "forever"
     ]
     for task in loops:
         task.cancel()

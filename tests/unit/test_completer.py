@@ -2,7 +2,7 @@
 
 Defends: outcomes are written in batches of at most ``batch``, in the order they came,
 each exactly once; a failed write loses nothing (the batch goes back in front); under
-the worker's loop runner (``_forever``) an outage is retried with backoff, logged with
+the worker's loop runner (``loops.forever``) an outage is retried with backoff, logged with
 one traceback for the first failure and then one line per retry.
 
 The database is played by ``_write`` of a subclass: up or down, and able to hold a
@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from jobpool.models import Finish, JobId, JobState, ShardId
-from jobpool.worker import runtime
+from jobpool.worker import loops
 from jobpool.worker.completer import Completer
 from jobpool.worker.executor import Outcome
 
@@ -73,7 +73,7 @@ async def until(condition: Callable[[], bool]) -> None:
 @contextlib.asynccontextmanager
 async def looping(completer: Completer) -> AsyncIterator[None]:
     """The completer under the worker's own loop runner, as ``Worker.run`` starts it."""
-    task = asyncio.create_task(runtime._forever("completer", completer.step))
+    task = asyncio.create_task(loops.forever("completer", completer.step))
     try:
         yield
     finally:
@@ -102,7 +102,7 @@ async def test_outcomes_that_pile_up_during_a_write_go_out_in_batches_in_order()
 async def test_an_outage_loses_nothing_and_logs_one_traceback_then_one_line_per_retry(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "RETRY_BACKOFF_S", (0.001, 0.002, 0.004))
+    monkeypatch.setattr(loops, "RETRY_BACKOFF_S", (0.001, 0.002, 0.004))
     db = Database(batch=10)
     db.down = True
     outcomes = [succeeded() for _ in range(3)]
