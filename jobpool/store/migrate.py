@@ -2,9 +2,11 @@
 
 Design:
 
-* A migration is a file ``NNNN_name.sql`` in ``jobpool/migrations`` (package data, so
-  the wheel carries it). Files are applied in number order; a file, once applied, is
-  never edited again: a schema change is a new file.
+* A migration is a file ``NNNN_name.sql`` in ``jobpool/sql/migrations``, beside the
+  named statements of ``jobpool/sql/queries.sql`` (package data, so the wheel carries
+  both). Files are applied in number order; a file, once applied, is never edited
+  again: a schema change is a new file. A file is known by its name and content, never
+  by its path, so the folder may move without touching an applied database.
 * ``jobpool_migrations`` records each applied file with the sha256 of its bytes. Before
   anything is applied, every recorded file is checked against the disk: an edited file
   raises :class:`~jobpool.errors.MigrationChanged`; a recorded file missing from disk,
@@ -39,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 from jobpool.errors import MigrationChanged, MigrationError, MigrationRolesMissing
 from jobpool.store.queries import QUERIES
 
-MIGRATIONS_DIR: Path = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR: Path = Path(__file__).resolve().parent.parent / "sql" / "migrations"
 
 MIGRATION_LOCK_KEY: int = 0x6A6F62706F6F6C4D
 """Key of the ``pg_advisory_lock`` held while migrating: ASCII ``"jobpoolM"`` as a bigint."""

@@ -1,4 +1,4 @@
-"""Named SQL statements, loaded once from ``queries.sql``.
+"""Named SQL statements, loaded once from ``jobpool/sql/queries.sql``.
 
 Each statement starts with a ``-- name: entity_verb`` line; the text up to the next
 such line is the statement. Runtime code looks statements up by name and runs them
@@ -26,5 +26,5 @@ def parse_queries(text: str) -> dict[str, str]:
 
 
 QUERIES: Final = parse_queries(
-    resources.files("jobpool.store").joinpath("queries.sql").read_text(encoding="utf-8")
+    resources.files("jobpool").joinpath("sql", "queries.sql").read_text(encoding="utf-8")
 )

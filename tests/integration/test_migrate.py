@@ -61,7 +61,7 @@ async def _advisory_locks(conn: asyncpg.Connection) -> int:
 
 
 def test_migrations_dir_is_package_data() -> None:
-    assert MIGRATIONS_DIR.parts[-2:] == ("jobpool", "migrations")
+    assert MIGRATIONS_DIR.parts[-3:] == ("jobpool", "sql", "migrations")
     assert "0001_initial.sql" in ALL_NAMES
     loaded = load_migrations()
     assert [m.name for m in loaded] == ALL_NAMES
@@ -99,6 +99,18 @@ async def test_migrate_twice_applies_nothing_the_second_time(
 
     assert await migrate(empty_conn) == []
     assert await empty_conn.fetch("SELECT name, applied_at FROM jobpool_migrations") == before
+
+
+async def test_a_database_migrated_from_another_folder_is_up_to_date(
+    empty_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Files are known by name and content, not path: the folder moved, nothing is pending."""
+    before_the_move = tmp_path / "jobpool" / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, before_the_move)
+    assert await migrate(empty_conn, directory=before_the_move) == ALL_NAMES
+
+    assert await pending_migrations(empty_conn) == []
+    assert await migrate(empty_conn) == []
 
 
 async def test_migrate_applies_only_new_files(
