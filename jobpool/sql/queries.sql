@@ -1,5 +1,7 @@
 -- Every SQL statement jobpool runs, named `-- name: entity_verb`. Loaded once by
 -- jobpool.store.queries; asyncpg prepares each statement once per connection.
+-- Parameters are `:name` (numbered `$n` at load, bound by name: QUERIES.bind) or, in a
+-- statement of a few scalars, `$n` (QUERIES[name]); never both in one statement.
 -- Statements that touch tenant data also filter on the tenant explicitly, on top of
 -- row-level security, so a misconfigured role cannot widen what the code asks for.
 
@@ -37,21 +39,23 @@ SELECT set_config('jobpool.tenant', $1, true);
 -- keys cannot deadlock on them.
 WITH keys_locked AS (
     SELECT count(*) AS keys
-    FROM (SELECT jobpool_key_lock($1, $2, k)
-          FROM (SELECT DISTINCT k FROM unnest($8::text[]) AS k WHERE k IS NOT NULL
+    FROM (SELECT jobpool_key_lock(:pool, :tenant, k)
+          FROM (SELECT DISTINCT k FROM unnest(:routing_keys::text[]) AS k WHERE k IS NOT NULL
                 ORDER BY k) AS sorted) AS locked
 ), inserted AS (
     INSERT INTO jobs (
         id, pool, tenant, shard, type, priority, payload, routing_key, dedupe_key,
         run_at, max_attempts, duration, request_id, user_id, traceparent, replay_of
     )
-    SELECT i.id, $1, $2, i.shard, i.type, i.priority, i.payload::jsonb, i.routing_key,
-           i.dedupe_key, coalesce(i.run_at, now()), i.max_attempts, i.duration,
+    SELECT i.id, :pool, :tenant, i.shard, i.type, i.priority, i.payload::jsonb,
+           i.routing_key, i.dedupe_key, coalesce(i.run_at, now()), i.max_attempts, i.duration,
            i.request_id, i.user_id, i.traceparent, i.replay_of
     FROM unnest(
-        $3::uuid[], $4::int[], $5::text[], $6::smallint[], $7::text[], $8::text[],
-        $9::text[], $10::timestamptz[], $11::int[], $12::text[], $13::text[], $14::text[],
-        $15::text[], $16::bigint[]
+        :ids::uuid[], :shards::int[], :types::text[], :priorities::smallint[],
+        :payloads::text[], :routing_keys::text[], :dedupe_keys::text[],
+        :run_ats::timestamptz[], :max_attempts::int[], :durations::text[],
+        :request_ids::text[], :user_ids::text[], :traceparents::text[],
+        :replays_of::bigint[]
     ) AS i (id, shard, type, priority, payload, routing_key, dedupe_key, run_at,
             max_attempts, duration, request_id, user_id, traceparent, replay_of)
     WHERE (SELECT keys FROM keys_locked) >= 0
@@ -59,7 +63,8 @@ WITH keys_locked AS (
     RETURNING id, state, run_at, created_at
 )
 -- The uncorrelated subquery is an InitPlan: evaluated once, on the first row returned.
-SELECT id, state, run_at, created_at, (SELECT 1 FROM pg_notify($17, $18)) AS woken
+SELECT id, state, run_at, created_at,
+       (SELECT 1 FROM pg_notify(:channel, :shards_woken)) AS woken
 FROM inserted;
 
 -- name: job_find_by_dedupe_keys
@@ -253,11 +258,12 @@ RETURNING id;
 -- The next due jobs of several priority lanes at once across the caller's leased
 -- shards, tenants served round-robin within each lane.
 --
--- Per (shard, lane) a loose index scan over jobs_claim_idx visits at most $8 tenants
--- with due jobs, in rotation: those after the lane's cursor $7 first, then, wrapping
--- around, those up to it (one index probe per tenant). Each visited tenant offers its
--- oldest $6 jobs; per lane the jobs are taken in rounds — every tenant's oldest, then
--- every tenant's second oldest, … — up to the lane's `wanted`. The caller moves the
+-- Per (shard, lane) a loose index scan over jobs_claim_idx visits at most
+-- :tenants_per_shard tenants with due jobs, in rotation: those after the lane's cursor
+-- (:cursors) first, then, wrapping around, those up to it (one index probe per tenant).
+-- Each visited tenant offers its oldest :per_shard_limit jobs; per lane the jobs are
+-- taken in rounds — every tenant's oldest, then every tenant's second oldest, … — up to
+-- the lane's `wanted`. The caller moves the
 -- cursor past the tenants it got (rotate_cursor), so every tenant gets its turn, one
 -- tenant's flood cannot delay another tenant's jobs by more than a round, and a claim
 -- reads a bounded number of index entries whatever the backlog and the tenant count.
@@ -267,10 +273,12 @@ RETURNING id;
 -- counted as an attempt: the worker ends it cancelled without running it.
 WITH RECURSIVE owned AS (
     SELECT shard, epoch FROM shard_leases
-    WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[]) AND expires_at > now()
+    WHERE pool = :pool AND owner = :owner AND shard = ANY(:shards::int[])
+      AND expires_at > now()
 ), lanes AS (
     SELECT priority, wanted, cursor
-    FROM unnest($4::smallint[], $5::int[], $7::text[]) AS l (priority, wanted, cursor)
+    FROM unnest(:priorities::smallint[], :wanted::int[], :cursors::text[])
+             AS l (priority, wanted, cursor)
     WHERE wanted > 0
 ), tenants AS (
     SELECT o.shard, l.priority, l.cursor, first.tenant, first.wrapped, 1 AS visited
@@ -278,12 +286,12 @@ WITH RECURSIVE owned AS (
     CROSS JOIN lanes l
     CROSS JOIN LATERAL (
         (SELECT tenant, false AS wrapped FROM jobs
-         WHERE pool = $1 AND shard = o.shard AND priority = l.priority AND state = 'queued'
+         WHERE pool = :pool AND shard = o.shard AND priority = l.priority AND state = 'queued'
            AND run_at <= now() AND tenant > l.cursor
          ORDER BY tenant LIMIT 1)
         UNION ALL
         (SELECT tenant, true FROM jobs
-         WHERE pool = $1 AND shard = o.shard AND priority = l.priority AND state = 'queued'
+         WHERE pool = :pool AND shard = o.shard AND priority = l.priority AND state = 'queued'
            AND run_at <= now() AND tenant <= l.cursor
          ORDER BY tenant LIMIT 1)
         LIMIT 1
@@ -293,17 +301,17 @@ WITH RECURSIVE owned AS (
     FROM tenants t
     CROSS JOIN LATERAL (
         (SELECT tenant, t.wrapped AS wrapped FROM jobs
-         WHERE pool = $1 AND shard = t.shard AND priority = t.priority AND state = 'queued'
+         WHERE pool = :pool AND shard = t.shard AND priority = t.priority AND state = 'queued'
            AND run_at <= now() AND tenant > t.tenant AND (NOT t.wrapped OR tenant <= t.cursor)
          ORDER BY tenant LIMIT 1)
         UNION ALL
         (SELECT tenant, true FROM jobs
-         WHERE pool = $1 AND shard = t.shard AND priority = t.priority AND state = 'queued'
+         WHERE pool = :pool AND shard = t.shard AND priority = t.priority AND state = 'queued'
            AND run_at <= now() AND NOT t.wrapped AND tenant <= t.cursor
          ORDER BY tenant LIMIT 1)
         LIMIT 1
     ) AS next
-    WHERE t.visited < $8
+    WHERE t.visited < :tenants_per_shard
 ), offered AS (
     SELECT c.id, c.run_at, t.priority, t.tenant,
            row_number() OVER (PARTITION BY t.priority, t.tenant ORDER BY c.run_at, c.id)
@@ -311,10 +319,10 @@ WITH RECURSIVE owned AS (
     FROM tenants t
     CROSS JOIN LATERAL (
         SELECT id, run_at FROM jobs
-        WHERE pool = $1 AND shard = t.shard AND priority = t.priority AND tenant = t.tenant
+        WHERE pool = :pool AND shard = t.shard AND priority = t.priority AND tenant = t.tenant
           AND state = 'queued' AND run_at <= now()
         ORDER BY run_at, id
-        LIMIT $6
+        LIMIT :per_shard_limit
     ) AS c
 ), ranked AS (
     SELECT o.id, l.wanted,
@@ -328,7 +336,7 @@ WITH RECURSIVE owned AS (
 -- planner believes about the backlog (even before the table's first ANALYZE).
 UPDATE jobs j
 SET state = 'running', attempts = j.attempts + (j.cancel_requested_at IS NULL)::int,
-    started_at = now(), worker = $2,
+    started_at = now(), worker = :owner,
     lease_epoch = (SELECT w.epoch FROM owned w WHERE w.shard = j.shard)
 WHERE j.id = ANY (ARRAY(SELECT id FROM ranked WHERE rank <= wanted))
   AND j.state <> 'running'
@@ -342,10 +350,10 @@ RETURNING j.id, j.tenant, j.shard, j.type, j.priority, j.payload::text, j.attemp
 UPDATE jobs j
 SET state = 'queued', run_at = r.run_at, worker = NULL, lease_epoch = NULL,
     error_history = j.error_history || jsonb_build_array(r.error::jsonb)
-FROM unnest($3::uuid[], $4::timestamptz[], $5::text[]) AS r (id, run_at, error),
+FROM unnest(:ids::uuid[], :run_ats::timestamptz[], :errors::text[]) AS r (id, run_at, error),
      shard_leases l
-WHERE j.id = ANY($3::uuid[]) AND j.id = r.id AND j.pool = $1 AND j.state = 'running'
-  AND j.worker = $2 AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2
+WHERE j.id = ANY(:ids::uuid[]) AND j.id = r.id AND j.pool = :pool AND j.state = 'running'
+  AND j.worker = :owner AND l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner
   AND l.epoch = j.lease_epoch
 RETURNING j.id;
 
@@ -356,11 +364,11 @@ RETURNING j.id;
 -- row. Fenced: only rows still running under the caller's current lease epoch move.
 WITH finished AS (
     DELETE FROM jobs j
-    USING unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])
-              AS r (id, state, result, reason, error),
+    USING unnest(:ids::uuid[], :states::text[], :results::text[], :reasons::text[],
+                 :errors::text[]) AS r (id, state, result, reason, error),
           shard_leases l
-    WHERE j.id = ANY($3::uuid[]) AND j.id = r.id AND j.pool = $1 AND j.state = 'running'
-      AND j.worker = $2 AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2
+    WHERE j.id = ANY(:ids::uuid[]) AND j.id = r.id AND j.pool = :pool AND j.state = 'running'
+      AND j.worker = :owner AND l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner
       AND l.epoch = j.lease_epoch
     RETURNING j.*, r.state AS final_state, r.result AS final_result, r.reason,
               CASE WHEN r.error IS NULL THEN j.error_history
@@ -387,7 +395,7 @@ WITH finished AS (
     FROM finished
     WHERE final_state = 'dead'
 )
-SELECT id, (SELECT 1 FROM pg_notify($8, $9)) AS notified FROM archived;
+SELECT id, (SELECT 1 FROM pg_notify(:channel, :wake)) AS notified FROM archived;
 
 -- name: job_progress_update
 WITH updated AS (

@@ -86,15 +86,17 @@ async def job_claim_batch(
     cursors = cursors or {}
     spread = claim_spread(max(wanted.values()), len(shards))
     rows = await conn.fetch(
-        QUERIES["job_claim_batch"],
-        pool,
-        owner,
-        list(shards),
-        [p.rank for p in wanted],
-        list(wanted.values()),
-        per_shard_limit or spread,
-        [cursors.get(p, "") for p in wanted],
-        tenants_per_shard or spread,
+        *QUERIES.bind(
+            "job_claim_batch",
+            pool=pool,
+            owner=owner,
+            shards=list(shards),
+            priorities=[p.rank for p in wanted],
+            wanted=list(wanted.values()),
+            cursors=[cursors.get(p, "") for p in wanted],
+            per_shard_limit=per_shard_limit or spread,
+            tenants_per_shard=tenants_per_shard or spread,
+        )
     )
     return [_claimed(row) for row in rows]
 
@@ -114,16 +116,18 @@ async def job_finish_many(
     ids = [f.job_id for f in finishes]
     wake = str(ids[0]) if len(ids) == 1 else channels.ALL
     rows = await conn.fetch(
-        QUERIES["job_finish_many"],
-        pool,
-        owner,
-        ids,
-        [f.state.value for f in finishes],
-        [f.result_json for f in finishes],
-        [f.reason for f in finishes],
-        [_error_json(f.error) for f in finishes],
-        channels.events_channel(pool),
-        wake,
+        *QUERIES.bind(
+            "job_finish_many",
+            pool=pool,
+            owner=owner,
+            ids=ids,
+            states=[f.state.value for f in finishes],
+            results=[f.result_json for f in finishes],
+            reasons=[f.reason for f in finishes],
+            errors=[_error_json(f.error) for f in finishes],
+            channel=channels.events_channel(pool),
+            wake=wake,
+        )
     )
     return [JobId(row["id"]) for row in rows]
 
@@ -135,12 +139,14 @@ async def job_retry_many(
     if not retries:
         return []
     rows = await conn.fetch(
-        QUERIES["job_retry_many"],
-        pool,
-        owner,
-        [r.job_id for r in retries],
-        [r.run_at for r in retries],
-        [r.error.model_dump_json() for r in retries],
+        *QUERIES.bind(
+            "job_retry_many",
+            pool=pool,
+            owner=owner,
+            ids=[r.job_id for r in retries],
+            run_ats=[r.run_at for r in retries],
+            errors=[r.error.model_dump_json() for r in retries],
+        )
     )
     return [JobId(row["id"]) for row in rows]
 

@@ -48,25 +48,24 @@ def _column(values: list[object]) -> list[object] | None:
     return values if any(value is not None for value in values) else None
 
 
-def _insert_args(pool: str, tenant: str, jobs: Sequence[NewJob]) -> list[object]:
-    return [
-        pool,
-        tenant,
-        [j.id for j in jobs],
-        [j.shard for j in jobs],
-        [j.type for j in jobs],
-        [j.priority.rank for j in jobs],
-        [j.payload_json for j in jobs],
-        _column([j.key for j in jobs]),
-        _column([j.dedupe_key for j in jobs]),
-        _column([j.run_at for j in jobs]),
-        _column([j.max_attempts for j in jobs]),
-        [j.duration.value for j in jobs],
-        _column([j.request_id for j in jobs]),
-        _column([j.user_id for j in jobs]),
-        _column([j.traceparent for j in jobs]),
-        _column([j.replay_of for j in jobs]),
-    ]
+def _insert_params(jobs: Sequence[NewJob]) -> dict[str, object]:
+    """The per-job array parameters of ``job_insert_many``, in the batch's order."""
+    return {
+        "ids": [j.id for j in jobs],
+        "shards": [j.shard for j in jobs],
+        "types": [j.type for j in jobs],
+        "priorities": [j.priority.rank for j in jobs],
+        "payloads": [j.payload_json for j in jobs],
+        "routing_keys": _column([j.key for j in jobs]),
+        "dedupe_keys": _column([j.dedupe_key for j in jobs]),
+        "run_ats": _column([j.run_at for j in jobs]),
+        "max_attempts": _column([j.max_attempts for j in jobs]),
+        "durations": [j.duration.value for j in jobs],
+        "request_ids": _column([j.request_id for j in jobs]),
+        "user_ids": _column([j.user_id for j in jobs]),
+        "traceparents": _column([j.traceparent for j in jobs]),
+        "replays_of": _column([j.replay_of for j in jobs]),
+    }
 
 
 def _dedupe_order(job: NewJob) -> tuple[bool, str]:
@@ -122,13 +121,18 @@ async def job_insert_many(
         return []
     results: dict[int, Job] = {}
     pending = list(range(len(jobs)))
-    wake = (channels.worker_channel(pool), channels.shards_payload(j.shard for j in jobs))
+    wake = {
+        "channel": channels.worker_channel(pool),
+        "shards_woken": channels.shards_payload(j.shard for j in jobs),
+    }
     for _ in range(_DEDUPE_ROUNDS):
         # Dedupe keys in one global order: two batches that share keys then wait on
         # each other's unique-index entries in the same order and cannot deadlock.
         batch = sorted((jobs[i] for i in pending), key=_dedupe_order)
-        args = _insert_args(pool, tenant, batch)
-        inserted = {row["id"]: row for row in await _insert(conn, tenant, args, wake)}
+        query = QUERIES.bind(
+            "job_insert_many", pool=pool, tenant=tenant, **_insert_params(batch), **wake
+        )
+        inserted = {row["id"]: row for row in await _insert(conn, tenant, query)}
         for i in pending:
             if (row := inserted.get(jobs[i].id)) is not None:
                 results[i] = _new_job(pool, tenant, jobs[i], row)
@@ -139,12 +143,10 @@ async def job_insert_many(
     raise RuntimeError(f"dedupe keys kept changing hands over {_DEDUPE_ROUNDS} rounds")
 
 
-async def _insert(
-    conn: Connection, tenant: str, args: list[object], wake: tuple[str, str]
-) -> list[Record]:
-    """Run ``job_insert_many``; the database's refusals become typed errors."""
+async def _insert(conn: Connection, tenant: str, query: tuple[object, ...]) -> list[Record]:
+    """Run the bound ``job_insert_many``; the database's refusals become typed errors."""
     try:
-        return await conn.fetch(QUERIES["job_insert_many"], *args, *wake)
+        return await conn.fetch(*query)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise AccessDenied(
             f"the database role may not submit jobs for tenant {tenant!r} ({exc}): "

@@ -41,6 +41,7 @@ MAX_ROUND_TRIPS_PER_1000 = 100
 TIMED = ("lease_", "worker_", "pool_", "dlq_count_pending", "job_queue_depth")
 
 _NAMES = {sql: name for name, sql in QUERIES.items()}
+_CLAIM_SHARDS = QUERIES.params("job_claim_batch").index("shards")
 
 
 def _name(sql: str) -> str:
@@ -60,7 +61,7 @@ class Sent:
         name = _name(query.query)
         self.names[name] += 1
         if name == "job_claim_batch":
-            self.claimed_shards.append(list(query.args[2]))
+            self.claimed_shards.append(list(query.args[_CLAIM_SHARDS]))
 
 
 @contextlib.asynccontextmanager
