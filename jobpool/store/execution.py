@@ -8,47 +8,23 @@ pool's events channel once, so ``result()`` waiters wake up.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from asyncpg import Connection, Record
+from asyncpg import Connection
 
 from jobpool.models import (
     ClaimedJob,
-    Duration,
     ErrorRecord,
     Finish,
     JobId,
     Priority,
     QueueState,
     Retry,
-    ShardId,
 )
 from jobpool.store import channels
 from jobpool.store.queries import QUERIES
-
-
-def _claimed(row: Record) -> ClaimedJob:
-    # Every value comes from the database, typed by its columns: no re-validation.
-    return ClaimedJob.model_construct(
-        id=JobId(row["id"]),
-        tenant=row["tenant"],
-        shard=ShardId(row["shard"]),
-        type=row["type"],
-        priority=Priority.from_rank(row["priority"]),
-        payload=json.loads(row["payload"]),
-        attempt=row["attempts"],
-        max_attempts=row["max_attempts"],
-        duration=Duration(row["duration"]),
-        request_id=row["request_id"],
-        user_id=row["user_id"],
-        traceparent=row["traceparent"],
-        created_at=row["created_at"],
-        run_at=row["run_at"],
-        epoch=row["lease_epoch"],
-        cancel_requested=row["cancel_requested"],
-    )
+from jobpool.store.rows import claimed_job
 
 
 def _error_json(error: ErrorRecord | None) -> str | None:
@@ -98,7 +74,7 @@ async def job_claim_batch(
             tenants_per_shard=tenants_per_shard or spread,
         )
     )
-    return [_claimed(row) for row in rows]
+    return [claimed_job(row) for row in rows]
 
 
 def rotate_cursor(cursor: str, tenants: Iterable[str]) -> str:

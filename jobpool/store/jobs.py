@@ -25,8 +25,6 @@ from jobpool.models import (
     JobState,
     JobStatus,
     NewJob,
-    Priority,
-    ShardId,
 )
 from jobpool.store import channels, rows
 from jobpool.store.history import history_since, job_missing
@@ -72,39 +70,6 @@ def _dedupe_order(job: NewJob) -> tuple[bool, str]:
     return job.dedupe_key is None, job.dedupe_key or ""
 
 
-def _new_job(pool: str, tenant: str, job: NewJob, row: Record) -> Job:
-    # Every field comes from validated input or from the database: no re-validation.
-    return Job.model_construct(
-        id=job.id,
-        pool=pool,
-        tenant=tenant,
-        type=job.type,
-        priority=job.priority,
-        shard=job.shard,
-        state=JobState(row["state"]),
-        run_at=row["run_at"],
-        created_at=row["created_at"],
-        dedupe_key=job.dedupe_key,
-        duplicate=False,
-    )
-
-
-def _existing_job(pool: str, tenant: str, row: Record) -> Job:
-    return Job(
-        id=JobId(row["id"]),
-        pool=pool,
-        tenant=tenant,
-        type=row["type"],
-        priority=Priority.from_rank(row["priority"]),
-        shard=ShardId(row["shard"]),
-        state=JobState(row["state"]),
-        run_at=row["run_at"],
-        created_at=row["created_at"],
-        dedupe_key=row["dedupe_key"],
-        duplicate=True,
-    )
-
-
 async def job_insert_many(
     conn: Connection, pool: str, tenant: str, jobs: Sequence[NewJob]
 ) -> list[Job]:
@@ -135,7 +100,7 @@ async def job_insert_many(
         inserted = {row["id"]: row for row in await _insert(conn, tenant, query)}
         for i in pending:
             if (row := inserted.get(jobs[i].id)) is not None:
-                results[i] = _new_job(pool, tenant, jobs[i], row)
+                results[i] = rows.new_job(pool, tenant, jobs[i], row)
         pending = [i for i in pending if i not in results]
         pending = await _resolve_duplicates(conn, pool, tenant, jobs, pending, results)
         if not pending:
@@ -174,7 +139,7 @@ async def _resolve_duplicates(
     holders = {row["dedupe_key"]: row for row in found}
     for i in pending:
         if (row := holders.get(jobs[i].dedupe_key)) is not None:
-            results[i] = _existing_job(pool, tenant, row)
+            results[i] = rows.existing_job(pool, tenant, row)
     return [i for i in pending if i not in results]
 
 

@@ -28,6 +28,7 @@ from jobpool.models import JobId, PoolPause, check_job_type
 from jobpool.store import channels
 from jobpool.store.pools import pool_not_found
 from jobpool.store.queries import QUERIES
+from jobpool.store.rows import pool_pause
 
 MAX_PAUSED_TYPES = 256
 """Most job types one pool may have paused at once (a CHECK of ``pools`` too)."""
@@ -66,8 +67,7 @@ async def pool_pause_change(
             "the database role may not pause or resume pools: it needs jobpool_operator "
             "(`jobpool grant ROLE operator`)"
         ) from None
-    pause = PoolPause(paused=row["paused"], types=frozenset(row["paused_types"]))
-    return PauseChange(pause=pause, unparked=unparked)
+    return PauseChange(pause=pool_pause(row), unparked=unparked)
 
 
 async def _update(

@@ -3,24 +3,14 @@ pause (see ``jobpool.store.pause``)."""
 
 from __future__ import annotations
 
-from asyncpg import Connection, Record
+from asyncpg import Connection
 
 from jobpool.errors import InvalidInput, PoolNotFound
-from jobpool.models import Pool, PoolPause, check_pool_name
-from jobpool.store import channels
+from jobpool.models import Pool, check_pool_name
+from jobpool.store import channels, rows
 from jobpool.store.queries import QUERIES
 
 MAX_SHARDS = 4096
-
-
-def _pool(row: Record) -> Pool:
-    return Pool(
-        name=row["name"],
-        shards=row["shards"],
-        replicas=row["replicas"],
-        ring_version=row["ring_version"],
-        pause=PoolPause(paused=row["paused"], types=frozenset(row["paused_types"])),
-    )
 
 
 def pool_not_found(name: str) -> PoolNotFound:
@@ -34,7 +24,7 @@ async def pool_get(conn: Connection, name: str) -> Pool:
     row = await conn.fetchrow(QUERIES["pool_get"], name)
     if row is None:
         raise pool_not_found(name)
-    return _pool(row)
+    return rows.pool(row)
 
 
 async def pool_ensure(conn: Connection, name: str, *, shards: int, replicas: int = 1) -> Pool:
@@ -45,7 +35,7 @@ async def pool_ensure(conn: Connection, name: str, *, shards: int, replicas: int
     if replicas < 0:
         raise InvalidInput(f"replicas must be >= 0, got {replicas}")
     row = await conn.fetchrow(QUERIES["pool_create"], name, shards, replicas)
-    return _pool(row) if row is not None else await pool_get(conn, name)
+    return rows.pool(row) if row is not None else await pool_get(conn, name)
 
 
 async def pool_set_replicas(conn: Connection, name: str, replicas: int) -> Pool:
@@ -57,4 +47,4 @@ async def pool_set_replicas(conn: Connection, name: str, replicas: int) -> Pool:
         if row is None:
             return await pool_get(conn, name)
         await conn.execute(QUERIES["job_notify"], channels.worker_channel(name), channels.RING)
-        return _pool(row)
+        return rows.pool(row)

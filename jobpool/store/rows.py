@@ -1,28 +1,68 @@
-"""Conversions between asyncpg records and domain models.
+"""Conversions between asyncpg records and domain models: every row converter of the
+store lives here, beside the row models that only the store builds (``ScheduleRow``).
 
 jsonb columns are read as text (``::text`` in the queries) and decoded here, so the
 store works on any asyncpg connection, whatever JSON codecs its owner registered.
+Converters of rows the database has typed, or of input validated already, build their
+model with ``model_construct`` (no re-validation on the hot paths).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from asyncpg import Record
+from pydantic import BaseModel, ConfigDict
 
+from jobpool.cron import Schedule, anchor, upcoming_tick
 from jobpool.models import (
+    ClaimedJob,
     DlqEntry,
     DlqId,
     Duration,
     ErrorRecord,
+    Job,
     JobId,
     JobState,
     JobStatus,
+    NewJob,
+    Pool,
+    PoolPause,
     Priority,
     Progress,
     ShardId,
 )
+
+
+class ScheduleSource(StrEnum):
+    """Who declared a schedule: the worker's handler module or the JobPool spec."""
+
+    CODE = "code"
+    SPEC = "spec"
+
+
+class ScheduleRow(BaseModel):
+    """A stored schedule: its definition and where its ticks stand."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schedule: Schedule
+    source: ScheduleSource
+    defined_at: datetime
+    last_tick: datetime | None
+    last_enqueued_at: datetime | None
+
+    @property
+    def after(self) -> datetime:
+        """Ticks after this moment may fire (see ``jobpool.cron.anchor``)."""
+        return anchor(last_tick=self.last_tick, defined_at=self.defined_at)
+
+    def next_tick(self, now: datetime) -> datetime | None:
+        """The tick it enqueues next: a due one not enqueued yet, else the next one."""
+        return upcoming_tick(self.schedule, after=self.after, now=now)
 
 
 def error_history(text: str | None) -> tuple[ErrorRecord, ...]:
@@ -84,4 +124,93 @@ def dlq_entry(row: Record) -> DlqEntry:
         replayed_at=row["replayed_at"],
         request_id=row["request_id"],
         user_id=row["user_id"],
+    )
+
+
+def claimed_job(row: Record) -> ClaimedJob:
+    # Every value comes from the database, typed by its columns: no re-validation.
+    return ClaimedJob.model_construct(
+        id=JobId(row["id"]),
+        tenant=row["tenant"],
+        shard=ShardId(row["shard"]),
+        type=row["type"],
+        priority=Priority.from_rank(row["priority"]),
+        payload=json.loads(row["payload"]),
+        attempt=row["attempts"],
+        max_attempts=row["max_attempts"],
+        duration=Duration(row["duration"]),
+        request_id=row["request_id"],
+        user_id=row["user_id"],
+        traceparent=row["traceparent"],
+        created_at=row["created_at"],
+        run_at=row["run_at"],
+        epoch=row["lease_epoch"],
+        cancel_requested=row["cancel_requested"],
+    )
+
+
+def new_job(pool: str, tenant: str, job: NewJob, row: Record) -> Job:
+    # Every field comes from validated input or from the database: no re-validation.
+    return Job.model_construct(
+        id=job.id,
+        pool=pool,
+        tenant=tenant,
+        type=job.type,
+        priority=job.priority,
+        shard=job.shard,
+        state=JobState(row["state"]),
+        run_at=row["run_at"],
+        created_at=row["created_at"],
+        dedupe_key=job.dedupe_key,
+        duplicate=False,
+    )
+
+
+def existing_job(pool: str, tenant: str, row: Record) -> Job:
+    return Job(
+        id=JobId(row["id"]),
+        pool=pool,
+        tenant=tenant,
+        type=row["type"],
+        priority=Priority.from_rank(row["priority"]),
+        shard=ShardId(row["shard"]),
+        state=JobState(row["state"]),
+        run_at=row["run_at"],
+        created_at=row["created_at"],
+        dedupe_key=row["dedupe_key"],
+        duplicate=True,
+    )
+
+
+def pool_pause(row: Record) -> PoolPause:
+    return PoolPause(paused=row["paused"], types=frozenset(row["paused_types"]))
+
+
+def pool(row: Record) -> Pool:
+    return Pool(
+        name=row["name"],
+        shards=row["shards"],
+        replicas=row["replicas"],
+        ring_version=row["ring_version"],
+        pause=pool_pause(row),
+    )
+
+
+def schedule_row(row: Record) -> ScheduleRow:
+    schedule = Schedule(
+        name=row["name"],
+        cron=row["cron"],
+        type=row["type"],
+        payload=json.loads(row["payload"]),
+        timezone=row["timezone"],
+        priority=Priority.from_rank(row["priority"]),
+        tenant=row["tenant"],
+        catch_up=row["catch_up"],
+    )
+    return ScheduleRow(
+        schedule=schedule,
+        source=ScheduleSource(row["source"]),
+        defined_at=row["defined_at"],
+        last_tick=row["last_tick"],
+        last_enqueued_at=row["last_enqueued_at"],
     )

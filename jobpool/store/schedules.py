@@ -18,45 +18,27 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from enum import StrEnum
 
-from asyncpg import Connection, Record
+from asyncpg import Connection
 from pydantic import BaseModel, ConfigDict
 
-from jobpool.cron import Schedule, anchor, tick_key, upcoming_tick
+from jobpool.cron import Schedule, tick_key
 from jobpool.ids import new_job_ids
-from jobpool.models import JobId, Priority
+from jobpool.models import JobId
 from jobpool.sharding import shard_for
 from jobpool.store import channels
 from jobpool.store.queries import QUERIES
+from jobpool.store.rows import ScheduleRow, ScheduleSource, schedule_row
 
-
-class ScheduleSource(StrEnum):
-    """Who declared a schedule: the worker's handler module or the JobPool spec."""
-
-    CODE = "code"
-    SPEC = "spec"
-
-
-class ScheduleRow(BaseModel):
-    """A stored schedule: its definition and where its ticks stand."""
-
-    model_config = ConfigDict(frozen=True)
-
-    schedule: Schedule
-    source: ScheduleSource
-    defined_at: datetime
-    last_tick: datetime | None
-    last_enqueued_at: datetime | None
-
-    @property
-    def after(self) -> datetime:
-        """Ticks after this moment may fire (see ``jobpool.cron.anchor``)."""
-        return anchor(last_tick=self.last_tick, defined_at=self.defined_at)
-
-    def next_tick(self, now: datetime) -> datetime | None:
-        """The tick it enqueues next: a due one not enqueued yet, else the next one."""
-        return upcoming_tick(self.schedule, after=self.after, now=now)
+# The row models live with the other converters (rows.py); callers import them from here.
+__all__ = [
+    "EnqueuedTick",
+    "ScheduleRow",
+    "ScheduleSource",
+    "schedule_enqueue",
+    "schedule_list",
+    "schedule_sync",
+]
 
 
 class EnqueuedTick(BaseModel):
@@ -69,29 +51,9 @@ class EnqueuedTick(BaseModel):
     job_id: JobId
 
 
-def _row(row: Record) -> ScheduleRow:
-    schedule = Schedule(
-        name=row["name"],
-        cron=row["cron"],
-        type=row["type"],
-        payload=json.loads(row["payload"]),
-        timezone=row["timezone"],
-        priority=Priority.from_rank(row["priority"]),
-        tenant=row["tenant"],
-        catch_up=row["catch_up"],
-    )
-    return ScheduleRow(
-        schedule=schedule,
-        source=ScheduleSource(row["source"]),
-        defined_at=row["defined_at"],
-        last_tick=row["last_tick"],
-        last_enqueued_at=row["last_enqueued_at"],
-    )
-
-
 async def schedule_list(conn: Connection, pool: str) -> list[ScheduleRow]:
     """The pool's schedules, by name."""
-    return [_row(row) for row in await conn.fetch(QUERIES["schedule_list"], pool)]
+    return [schedule_row(row) for row in await conn.fetch(QUERIES["schedule_list"], pool)]
 
 
 async def schedule_sync(
