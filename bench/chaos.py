@@ -122,12 +122,17 @@ class Soak:
             self.replicas = 2
             await self.chaos.fleet.scale(2)
         victim = self.chaos.fleet.live()[self.victim()]
+        shards = [s for s in range(SHARDS) if ordinal_for(s, self.replicas) == victim.ordinal]
+        with contextlib.suppress(TimeoutError):  # it holds its shards (timed from then on)
+            await asyncio.wait_for(
+                _wait_leases(self.chaos.conn, shards, _OWNED_BY, victim.owner), ADOPTION_TIMEOUT_S
+            )
         await victim.kill9()
         killed_at = time.monotonic()
-        shards = [s for s in range(SHARDS) if ordinal_for(s, self.replicas) == victim.ordinal]
         try:
             await asyncio.wait_for(
-                _wait_adopted(self.chaos.conn, shards, victim.owner), ADOPTION_TIMEOUT_S
+                _wait_leases(self.chaos.conn, shards, _OWNED_BY_ANOTHER, victim.owner),
+                ADOPTION_TIMEOUT_S,
             )
         except TimeoutError:
             say(f"orphan: shards {shards} not adopted within {ADOPTION_TIMEOUT_S:.0f} s")
@@ -146,17 +151,18 @@ class Soak:
         ]
 
 
-async def _wait_adopted(conn: asyncpg.Connection, shards: list[int], dead_owner: str) -> None:
-    """Until every one of ``shards`` has a live lease of another owner."""
+_LIVE_LEASES = (
+    "SELECT count(*) FROM shard_leases WHERE pool = $1 AND shard = ANY($2::int[]) "
+    "AND expires_at > now() AND "
+)
+_OWNED_BY = _LIVE_LEASES + "owner = $3"
+_OWNED_BY_ANOTHER = _LIVE_LEASES + "owner IS NOT NULL AND owner <> $3"
+
+
+async def _wait_leases(conn: asyncpg.Connection, shards: list[int], query: str, owner: str) -> None:
+    """Until ``query`` counts every one of ``shards`` (held by ``owner``, or by another)."""
     while True:
-        held = await conn.fetchval(
-            "SELECT count(*) FROM shard_leases WHERE pool = $1 AND shard = ANY($2::int[]) "
-            "AND owner IS DISTINCT FROM $3 AND owner IS NOT NULL AND expires_at > now()",
-            POOL,
-            shards,
-            dead_owner,
-        )
-        if held == len(shards):
+        if await conn.fetchval(query, POOL, shards, owner) == len(shards):
             return
         await asyncio.sleep(0.1)
 

@@ -18,7 +18,8 @@ What each kind means:
 * ``stuck``: unfinished at the end although it should have run: queued and due for
   longer than ``stuck_after_s`` while some worker lives (its shard's ring owner, or
   an adopter once the owner is gone), or ``running`` for a worker process that had
-  been dead for longer than that.
+  been dead for longer than that, or claimed longer ago than that by a live worker
+  that runs no attempt of it.
 * ``double_terminal``: in ``jobs`` and ``job_history`` at once, a DLQ row of a job
   that did not end dead, or several DLQ rows for one job.
 * ``superseded_accepted``: the accepted finish is not the job's last started attempt
@@ -119,6 +120,8 @@ class Job(_Record):
     run_at: float | None = None
     worker: str | None = None
     """Lease owner ``ordinal:incarnation`` of a running job."""
+    started_at: float | None = None
+    """When the current (or last) attempt was claimed."""
     result: Any = None
     dedupe_key: str | None = None
     finished_at: float | None = None
@@ -271,28 +274,50 @@ def _lost(view: _View) -> list[str]:
 
 
 def _stuck(view: _View, stuck_after_s: float) -> list[str]:
-    now = view.h.observed_at
-    live = view.live()
     stuck = []
     for job in view.final.values():
-        if job.state == "queued" and live and job.run_at is not None:
-            late = now - job.run_at
-            if late > stuck_after_s:
-                stuck.append(
-                    f"job {job.id} queued on shard {job.shard}, due {late:.1f} s ago, "
-                    f"{job.attempts} attempts; live ordinals {sorted(p.ordinal for p in live)}"
-                )
+        if job.state == "queued":
+            stuck += _stuck_queued(view, job, stuck_after_s)
         elif job.state == "running":
-            incarnation = (job.worker or "").partition(":")[2]
-            process = view.processes.get(incarnation)
-            if process is not None and process.exited_at is not None:
-                dead_for = now - process.exited_at
-                if dead_for > stuck_after_s:
-                    stuck.append(
-                        f"job {job.id} running on shard {job.shard} for {job.worker}, "
-                        f"whose process exited {dead_for:.1f} s ago"
-                    )
+            stuck += _stuck_running(view, job, stuck_after_s)
     return stuck
+
+
+def _stuck_queued(view: _View, job: Job, stuck_after_s: float) -> list[str]:
+    live = view.live()
+    late = view.h.observed_at - job.run_at if job.run_at is not None else 0.0
+    if not live or late <= stuck_after_s:
+        return []
+    return [
+        f"job {job.id} queued on shard {job.shard}, due {late:.1f} s ago, "
+        f"{job.attempts} attempts; live ordinals {sorted(p.ordinal for p in live)}"
+    ]
+
+
+def _stuck_running(view: _View, job: Job, stuck_after_s: float) -> list[str]:
+    """Claimed by a process dead for longer than the bound, or held for longer than the
+    bound by a live one that runs no attempt of it."""
+    now = view.h.observed_at
+    incarnation = (job.worker or "").partition(":")[2]
+    process = view.processes.get(incarnation)
+    if process is not None and process.exited_at is not None:
+        dead_for = now - process.exited_at
+        if dead_for <= stuck_after_s:
+            return []
+        return [
+            f"job {job.id} running on shard {job.shard} for {job.worker}, "
+            f"whose process exited {dead_for:.1f} s ago"
+        ]
+    held_for = now - job.started_at if job.started_at is not None else 0.0
+    executing = any(
+        a.ended is None and a.incarnation == incarnation for a in view.attempts.get(job.id, [])
+    )
+    if executing or held_for <= stuck_after_s:
+        return []
+    return [
+        f"job {job.id} running on shard {job.shard} for {job.worker} (alive) for "
+        f"{held_for:.1f} s, attempt {job.attempts}, but no attempt of it runs there"
+    ]
 
 
 def _double_terminal(view: _View) -> list[str]:

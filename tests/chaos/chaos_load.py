@@ -237,11 +237,13 @@ async def _attempts(conn: asyncpg.Connection) -> list[Attempt]:
 
 _JOBS = """
 SELECT id, state, shard, attempts, extract(epoch FROM run_at)::float8 AS run_at, worker,
-       NULL::text AS result, dedupe_key, NULL::float8 AS finished_at
+       extract(epoch FROM started_at)::float8 AS started_at, NULL::text AS result,
+       dedupe_key, NULL::float8 AS finished_at
 FROM jobs WHERE pool = $1
 UNION ALL
-SELECT id, state, shard, attempts, extract(epoch FROM run_at)::float8, NULL, result::text,
-       dedupe_key, extract(epoch FROM finished_at)::float8
+SELECT id, state, shard, attempts, extract(epoch FROM run_at)::float8, NULL,
+       extract(epoch FROM started_at)::float8, result::text, dedupe_key,
+       extract(epoch FROM finished_at)::float8
 FROM job_history WHERE pool = $1
 """
 

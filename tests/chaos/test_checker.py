@@ -111,6 +111,14 @@ def test_stuck_running_job_of_a_dead_worker() -> None:
     assert kinds(h) == {Kind.STUCK: 1}
 
 
+@pytest.mark.parametrize(("executing", "stuck"), [(True, 0), (False, 1)])
+def test_job_held_by_a_live_worker_that_does_not_run_it(executing: bool, stuck: int) -> None:
+    running = Job(id=ID, state="running", shard=3, attempts=1, worker="0:a", started_at=T0)
+    attempt = run(1, "a", 1, None if executing else 2)
+    h = history(jobs=(running,), attempts=(attempt,))
+    assert kinds(h) == ({Kind.STUCK: 1} if stuck else {})
+
+
 def test_job_in_two_terminal_states() -> None:
     cancelled = Job(id=ID, state="cancelled", shard=3, attempts=1)
     assert kinds(history(jobs=(ok_job(), cancelled))) == {Kind.DOUBLE_TERMINAL: 1}
