@@ -5,6 +5,8 @@
 -- Statements that touch tenant data also filter on the tenant explicitly, on top of
 -- row-level security, so a misconfigured role cannot widen what the code asks for.
 
+-- section: jobpool.store.pools — a pool's fixed shard count and its ring
+
 -- name: pool_get
 SELECT name, shards, replicas, ring_version, paused, paused_types FROM pools WHERE name = $1;
 
@@ -26,6 +28,9 @@ UPDATE pools
 SET replicas = $2, ring_version = ring_version + 1, updated_at = now()
 WHERE name = $1 AND replicas <> $2
 RETURNING name, shards, replicas, ring_version, paused, paused_types;
+
+-- section: jobpool.store.jobs — submit (with dedupe), status, cancel
+-- (job_notify also serves pools and pause)
 
 -- name: tenant_set_local
 SELECT set_config('jobpool.tenant', $1, true);
@@ -100,159 +105,7 @@ RETURNING state;
 -- name: job_history_exists
 SELECT state FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3 AND finished_at >= $4;
 
--- name: dlq_list
--- Two statements rather than `($4 IS NULL OR type = $4)`: a generic plan of that form
--- walks the primary key instead of the partial index that holds the pending entries.
-SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
-       max_attempts, duration, error_reason,
-       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
-FROM job_dlq
-WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND id > $3
-ORDER BY id
-LIMIT $4;
-
--- name: dlq_list_by_type
-SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
-       max_attempts, duration, error_reason,
-       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
-FROM job_dlq
-WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND type = $4 AND id > $3
-ORDER BY id
-LIMIT $5;
-
--- name: dlq_get
-SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
-       max_attempts, duration, error_reason,
-       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
-FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3;
-
--- name: dlq_mark_replayed
-UPDATE job_dlq SET replayed_at = now()
-WHERE id = $1 AND pool = $2 AND app_id = $3 AND replayed_at IS NULL
-RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
-       max_attempts, duration, error_reason,
-       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
-
--- name: dlq_purge
-SELECT jobpool_dlq_purge($1, $2, $3);
-
--- name: dlq_count_pending
-SELECT count(*) FROM job_dlq WHERE pool = $1 AND replayed_at IS NULL;
-
--- name: lease_take
--- Takes shards that are free or expired and, when $6 (supersede) is true, those still
--- held by an earlier incarnation of the same ordinal: a starting pod replaces its
--- previous incarnation at once (a StatefulSet runs one pod per ordinal, and the epoch
--- bump fences any zombie). Only a worker's first take supersedes, so a resumed zombie
--- cannot take its shards back from its replacement. Every take bumps the epoch and is
--- written to lease_history (why: $7 `adopted`, else what the lease was); the holding it
--- ends is closed there, and the shard's history older than $8 seconds is pruned.
--- Returns the shards taken with their new epoch.
--- `previous` reads the leases as the statement's snapshot saw them (a FOR UPDATE there
--- would skip the rows the upsert changes): it only names why; epochs come from the take.
-WITH previous AS (
-    SELECT shard, owner, expires_at FROM shard_leases
-    WHERE pool = $1 AND shard = ANY($4::int[])
-), taken AS (
-    INSERT INTO shard_leases AS l (pool, shard, owner, ordinal, epoch, expires_at)
-    SELECT $1, s, $2, $3, 1, now() + make_interval(secs => $5)
-    FROM unnest($4::int[]) AS s
-    ON CONFLICT (pool, shard) DO UPDATE
-    SET owner = excluded.owner, ordinal = excluded.ordinal, epoch = l.epoch + 1,
-        expires_at = excluded.expires_at
-    WHERE l.owner IS NULL OR l.expires_at <= now() OR ($6 AND l.ordinal = excluded.ordinal)
-    RETURNING shard, epoch
-), why AS (
-    SELECT t.shard, t.epoch, t.epoch - 1 AS previous_epoch,
-           CASE WHEN p.owner IS NULL THEN 'free'
-                WHEN p.expires_at <= now() THEN 'expired'
-                ELSE 'superseded' END AS because
-    FROM taken t LEFT JOIN previous p USING (shard)
-), closed AS (
-    UPDATE lease_history h
-    SET ended_at = now(), ended_because = w.because
-    FROM why w
-    WHERE h.pool = $1 AND h.shard = w.shard AND h.epoch = w.previous_epoch
-      AND h.ended_at IS NULL AND w.because <> 'free'
-), recorded AS (
-    INSERT INTO lease_history (pool, shard, epoch, owner, ordinal, taken_because)
-    SELECT $1, shard, epoch, $2, $3, CASE WHEN $7 THEN 'adopted' ELSE because END
-    FROM why
-), pruned AS (
-    DELETE FROM lease_history
-    WHERE pool = $1 AND shard IN (SELECT shard FROM taken)
-      AND taken_at < now() - make_interval(secs => $8)
-)
-SELECT shard, epoch FROM taken;
-
--- name: lease_holders
-SELECT shard, owner, ordinal FROM shard_leases
-WHERE pool = $1 AND shard = ANY($2::int[]) AND owner IS NOT NULL;
-
--- name: lease_renew
-UPDATE shard_leases SET expires_at = now() + make_interval(secs => $3)
-WHERE pool = $1 AND owner = $2 AND shard = ANY($4::int[])
-RETURNING shard, epoch;
-
--- name: lease_release
--- Released shards wake the pool's workers, so their next owner takes them at once.
--- `expires_at` becomes the release time: how long a shard has been free is what lets
--- live ordinals adopt it when its ring owner never comes to take it.
-WITH released AS (
-    UPDATE shard_leases SET owner = NULL, ordinal = NULL, expires_at = now()
-    WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[])
-    RETURNING shard, epoch
-), closed AS (
-    UPDATE lease_history h SET ended_at = now(), ended_because = 'released'
-    FROM released r
-    WHERE h.pool = $1 AND h.shard = r.shard AND h.epoch = r.epoch AND h.ended_at IS NULL
-)
-SELECT shard, (SELECT 1 FROM pg_notify($4, $5)) AS woken FROM released;
-
--- name: lease_health
--- Per shard of the pool: free or expired for at least $2 seconds after someone held it
--- (an orphan nobody took within the grace period; a shard never taken yet is a pool
--- whose workers have not started, which readiness reports), or held by an adoption
--- (its ring owner is missing).
-SELECT l.shard,
-       l.epoch > 0 AND l.expires_at <= now() - make_interval(secs => $2) AS orphaned,
-       coalesce(l.expires_at > now() AND h.taken_because = 'adopted', false) AS adopted
-FROM shard_leases l
-LEFT JOIN lease_history h ON h.pool = l.pool AND h.shard = l.shard AND h.epoch = l.epoch
-WHERE l.pool = $1;
-
--- name: lease_orphans
--- Shards free or expired for at least $2 seconds (their ring owner did not take them
--- in that grace period) and the pool's live ordinals (a heartbeat within $3 seconds):
--- what a worker needs to decide which orphans it adopts.
-SELECT ARRAY(
-           SELECT shard FROM shard_leases
-           WHERE pool = $1 AND expires_at <= now() - make_interval(secs => $2)
-           ORDER BY shard
-       ) AS orphans,
-       ARRAY(
-           SELECT ordinal FROM workers
-           WHERE pool = $1 AND heartbeat_at > now() - make_interval(secs => $3)
-           ORDER BY ordinal
-       ) AS live;
-
--- name: lease_history_list
-SELECT shard, epoch, owner, ordinal, taken_at, taken_because, ended_at, ended_because
-FROM lease_history
-WHERE pool = $1 AND shard = ANY($2::int[])
-ORDER BY shard, epoch;
-
--- name: job_requeue_orphans
--- After a take-over: attempts still `running` in the taken shards belong to a previous
--- owner that can no longer complete them (its epoch is stale). Back to the queue.
-UPDATE jobs
-SET state = 'queued', run_at = now(), worker = NULL, lease_epoch = NULL,
-    error_history = error_history || jsonb_build_array(jsonb_build_object(
-        'attempt', attempts, 'error_type', 'WorkerLost',
-        'message', 'the worker running this attempt lost its shard lease',
-        'at', now()))
-WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'running'
-RETURNING id;
+-- section: jobpool.store.execution — the worker's side: claim, retry, finish, progress
 
 -- name: job_claim_batch
 -- The next due jobs of several priority lanes at once across the caller's leased
@@ -405,68 +258,6 @@ WITH updated AS (
 )
 SELECT id, (SELECT 1 FROM pg_notify($6, id::text)) AS notified FROM updated;
 
--- name: migration_lock
-SELECT pg_advisory_lock($1);
-
--- name: migration_unlock
-SELECT pg_advisory_unlock($1);
-
--- name: migration_table_create
-CREATE TABLE IF NOT EXISTS jobpool_migrations (
-    name        text PRIMARY KEY,
-    checksum    text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-);
-
--- name: migration_table_exists
-SELECT to_regclass('jobpool_migrations') IS NOT NULL;
-
--- name: migration_list
-SELECT name, checksum FROM jobpool_migrations;
-
--- name: migration_record
-INSERT INTO jobpool_migrations (name, checksum) VALUES ($1, $2);
-
--- name: migration_owner_ready
--- True once jobpool_owner owns the schema (migration 0003 on): files then run as it.
-SELECT pg_get_userbyid(relowner) = 'jobpool_owner'
-FROM pg_class WHERE oid = to_regclass('jobpool_migrations');
-
--- name: migration_set_owner_role
-SET LOCAL ROLE jobpool_owner;
-
--- name: role_current
-SELECT current_user::text;
-
--- name: role_missing
-SELECT ARRAY(
-    SELECT wanted FROM unnest($1::text[]) AS wanted
-    WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted)
-    ORDER BY wanted
-);
-
--- name: role_may_create
-SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user;
-
--- name: role_is_owner
-SELECT rolsuper OR pg_has_role(current_user, 'jobpool_owner', 'MEMBER')
-FROM pg_roles WHERE rolname = current_user;
-
--- name: role_create
--- Role statements take no parameters: format() quotes the names into the statement.
-SELECT format('CREATE ROLE %I NOLOGIN', $1::text);
-
--- name: role_grant
-SELECT format('GRANT %I TO %I', $1::text, $2::text);
-
--- name: role_exists
-SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1);
-
--- name: tenant_role_map
--- Lets `role` act for `tenant` ('*': any tenant, the trusted-application mode).
-INSERT INTO jobpool_tenant_roles (tenant, role) SELECT unnest($2::text[]), $1
-ON CONFLICT DO NOTHING;
-
 -- name: job_release_many
 -- Prefetched attempts that never started (worker shutting down or shard moving away)
 -- go back to the queue untouched: the attempt did not happen, so it is not counted.
@@ -506,61 +297,6 @@ FROM jobs
 WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'queued'
 GROUP BY priority, due;
 
--- name: worker_heartbeat
-INSERT INTO workers AS w (pool, ordinal, incarnation, shards, running, succeeded, failed)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (pool, ordinal) DO UPDATE
-SET incarnation = excluded.incarnation,
-    started_at = CASE WHEN w.incarnation = excluded.incarnation THEN w.started_at
-                      ELSE now() END,
-    heartbeat_at = now(), shards = excluded.shards, running = excluded.running,
-    succeeded = excluded.succeeded, failed = excluded.failed;
-
--- name: worker_remove
-DELETE FROM workers WHERE pool = $1 AND ordinal = $2 AND incarnation = $3;
-
--- name: worker_list
-SELECT ordinal, incarnation, started_at, heartbeat_at, shards, running, succeeded, failed
-FROM workers WHERE pool = $1 ORDER BY ordinal;
-
--- name: pool_queue_counts
--- Due queued jobs (run_at passed), running jobs and jobs waiting behind their key's head;
--- queued jobs not yet due (delayed, backing off before a retry) are not counted.
-SELECT priority, state, count(*) AS jobs FROM jobs
-WHERE pool = $1 AND (state <> 'queued' OR run_at <= now())
-GROUP BY priority, state;
-
--- name: pool_oldest_queued_seconds
--- Seconds the oldest due queued job of the pool has waited (NULL when none). One probe
--- of jobs_due_idx per shard and lane: a plain min(run_at) would read every queued row.
-SELECT extract(epoch FROM now() - min(first.run_at))::float8
-FROM pools p
-CROSS JOIN generate_series(0, p.shards - 1) AS s (shard)
-CROSS JOIN generate_series(0, 3) AS l (priority)
-CROSS JOIN LATERAL (
-    SELECT run_at FROM jobs
-    WHERE pool = p.name AND shard = s.shard AND priority = l.priority AND state = 'queued'
-      AND run_at <= now()
-    ORDER BY run_at
-    LIMIT 1
-) AS first
-WHERE p.name = $1;
-
--- name: pool_finished_count
--- Jobs of the pool that ended (succeeded or dead) in the last $2 seconds: throughput.
-SELECT count(*) FROM job_history
-WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
-  AND state IN ('succeeded', 'dead');
-
--- name: dlq_count_recent
--- Unreplayed dead letters of the pool written in the last $2 seconds.
-SELECT count(*) FROM job_dlq
-WHERE pool = $1 AND replayed_at IS NULL AND dlq_at > now() - make_interval(secs => $2);
-
--- name: db_now
--- The database's clock: heartbeats are stamped with it, so their ages are measured on it.
-SELECT now();
-
 -- name: jobs_statistics_missing
 -- True while `jobs` was never analyzed: its plans then rest on guesses.
 SELECT reltuples < 0 FROM pg_class WHERE oid = 'jobs'::regclass;
@@ -568,18 +304,223 @@ SELECT reltuples < 0 FROM pg_class WHERE oid = 'jobs'::regclass;
 -- name: jobs_analyze
 ANALYZE jobs;
 
--- name: lease_list
--- Who holds each held shard of the pool, and whether the lease is still alive: what
--- `jobpool dev` shows. A shard without a row, or with no owner, is free.
-SELECT shard, ordinal, expires_at > now() AS live
-FROM shard_leases WHERE pool = $1 AND owner IS NOT NULL ORDER BY shard;
+-- section: jobpool.store.leases — shard leases: take, renew, release, orphans, history
 
--- name: job_history_recent_counts
--- Jobs of the pool that ended in the last $2 seconds, by final state (a range of
--- job_history_finished_idx).
-SELECT state, count(*) AS jobs FROM job_history
-WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
-GROUP BY state;
+-- name: lease_take
+-- Takes shards that are free or expired and, when $6 (supersede) is true, those still
+-- held by an earlier incarnation of the same ordinal: a starting pod replaces its
+-- previous incarnation at once (a StatefulSet runs one pod per ordinal, and the epoch
+-- bump fences any zombie). Only a worker's first take supersedes, so a resumed zombie
+-- cannot take its shards back from its replacement. Every take bumps the epoch and is
+-- written to lease_history (why: $7 `adopted`, else what the lease was); the holding it
+-- ends is closed there, and the shard's history older than $8 seconds is pruned.
+-- Returns the shards taken with their new epoch.
+-- `previous` reads the leases as the statement's snapshot saw them (a FOR UPDATE there
+-- would skip the rows the upsert changes): it only names why; epochs come from the take.
+WITH previous AS (
+    SELECT shard, owner, expires_at FROM shard_leases
+    WHERE pool = $1 AND shard = ANY($4::int[])
+), taken AS (
+    INSERT INTO shard_leases AS l (pool, shard, owner, ordinal, epoch, expires_at)
+    SELECT $1, s, $2, $3, 1, now() + make_interval(secs => $5)
+    FROM unnest($4::int[]) AS s
+    ON CONFLICT (pool, shard) DO UPDATE
+    SET owner = excluded.owner, ordinal = excluded.ordinal, epoch = l.epoch + 1,
+        expires_at = excluded.expires_at
+    WHERE l.owner IS NULL OR l.expires_at <= now() OR ($6 AND l.ordinal = excluded.ordinal)
+    RETURNING shard, epoch
+), why AS (
+    SELECT t.shard, t.epoch, t.epoch - 1 AS previous_epoch,
+           CASE WHEN p.owner IS NULL THEN 'free'
+                WHEN p.expires_at <= now() THEN 'expired'
+                ELSE 'superseded' END AS because
+    FROM taken t LEFT JOIN previous p USING (shard)
+), closed AS (
+    UPDATE lease_history h
+    SET ended_at = now(), ended_because = w.because
+    FROM why w
+    WHERE h.pool = $1 AND h.shard = w.shard AND h.epoch = w.previous_epoch
+      AND h.ended_at IS NULL AND w.because <> 'free'
+), recorded AS (
+    INSERT INTO lease_history (pool, shard, epoch, owner, ordinal, taken_because)
+    SELECT $1, shard, epoch, $2, $3, CASE WHEN $7 THEN 'adopted' ELSE because END
+    FROM why
+), pruned AS (
+    DELETE FROM lease_history
+    WHERE pool = $1 AND shard IN (SELECT shard FROM taken)
+      AND taken_at < now() - make_interval(secs => $8)
+)
+SELECT shard, epoch FROM taken;
+
+-- name: lease_holders
+SELECT shard, owner, ordinal FROM shard_leases
+WHERE pool = $1 AND shard = ANY($2::int[]) AND owner IS NOT NULL;
+
+-- name: lease_renew
+UPDATE shard_leases SET expires_at = now() + make_interval(secs => $3)
+WHERE pool = $1 AND owner = $2 AND shard = ANY($4::int[])
+RETURNING shard, epoch;
+
+-- name: lease_release
+-- Released shards wake the pool's workers, so their next owner takes them at once.
+-- `expires_at` becomes the release time: how long a shard has been free is what lets
+-- live ordinals adopt it when its ring owner never comes to take it.
+WITH released AS (
+    UPDATE shard_leases SET owner = NULL, ordinal = NULL, expires_at = now()
+    WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[])
+    RETURNING shard, epoch
+), closed AS (
+    UPDATE lease_history h SET ended_at = now(), ended_because = 'released'
+    FROM released r
+    WHERE h.pool = $1 AND h.shard = r.shard AND h.epoch = r.epoch AND h.ended_at IS NULL
+)
+SELECT shard, (SELECT 1 FROM pg_notify($4, $5)) AS woken FROM released;
+
+-- name: lease_health
+-- Per shard of the pool: free or expired for at least $2 seconds after someone held it
+-- (an orphan nobody took within the grace period; a shard never taken yet is a pool
+-- whose workers have not started, which readiness reports), or held by an adoption
+-- (its ring owner is missing).
+SELECT l.shard,
+       l.epoch > 0 AND l.expires_at <= now() - make_interval(secs => $2) AS orphaned,
+       coalesce(l.expires_at > now() AND h.taken_because = 'adopted', false) AS adopted
+FROM shard_leases l
+LEFT JOIN lease_history h ON h.pool = l.pool AND h.shard = l.shard AND h.epoch = l.epoch
+WHERE l.pool = $1;
+
+-- name: lease_orphans
+-- Shards free or expired for at least $2 seconds (their ring owner did not take them
+-- in that grace period) and the pool's live ordinals (a heartbeat within $3 seconds):
+-- what a worker needs to decide which orphans it adopts.
+SELECT ARRAY(
+           SELECT shard FROM shard_leases
+           WHERE pool = $1 AND expires_at <= now() - make_interval(secs => $2)
+           ORDER BY shard
+       ) AS orphans,
+       ARRAY(
+           SELECT ordinal FROM workers
+           WHERE pool = $1 AND heartbeat_at > now() - make_interval(secs => $3)
+           ORDER BY ordinal
+       ) AS live;
+
+-- name: lease_history_list
+SELECT shard, epoch, owner, ordinal, taken_at, taken_because, ended_at, ended_because
+FROM lease_history
+WHERE pool = $1 AND shard = ANY($2::int[])
+ORDER BY shard, epoch;
+
+-- name: job_requeue_orphans
+-- After a take-over: attempts still `running` in the taken shards belong to a previous
+-- owner that can no longer complete them (its epoch is stale). Back to the queue.
+UPDATE jobs
+SET state = 'queued', run_at = now(), worker = NULL, lease_epoch = NULL,
+    error_history = error_history || jsonb_build_array(jsonb_build_object(
+        'attempt', attempts, 'error_type', 'WorkerLost',
+        'message', 'the worker running this attempt lost its shard lease',
+        'at', now()))
+WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'running'
+RETURNING id;
+
+-- section: jobpool.store.dlq — the dead-letter queue: list, replay, purge, discard
+
+-- name: dlq_list
+-- Two statements rather than `($4 IS NULL OR type = $4)`: a generic plan of that form
+-- walks the primary key instead of the partial index that holds the pending entries.
+SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
+FROM job_dlq
+WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND id > $3
+ORDER BY id
+LIMIT $4;
+
+-- name: dlq_list_by_type
+SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
+FROM job_dlq
+WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND type = $4 AND id > $3
+ORDER BY id
+LIMIT $5;
+
+-- name: dlq_get
+SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
+FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3;
+
+-- name: dlq_mark_replayed
+UPDATE job_dlq SET replayed_at = now()
+WHERE id = $1 AND pool = $2 AND app_id = $3 AND replayed_at IS NULL
+RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
+
+-- name: dlq_purge
+SELECT jobpool_dlq_purge($1, $2, $3);
+
+-- name: dlq_count_pending
+SELECT count(*) FROM job_dlq WHERE pool = $1 AND replayed_at IS NULL;
+
+-- name: dlq_discard
+DELETE FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3
+RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
+       max_attempts, duration, error_reason,
+       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
+
+-- name: dlq_discard_pending
+-- Pending entries of the tenant written more than $3 ago (on job_dlq_pending_idx).
+WITH discarded AS (
+    DELETE FROM job_dlq
+    WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND dlq_at < now() - $3::interval
+    RETURNING 1
+)
+SELECT count(*) FROM discarded;
+
+-- name: dlq_discard_pending_by_type
+-- The same, of one type (on job_dlq_pending_type_idx).
+WITH discarded AS (
+    DELETE FROM job_dlq
+    WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND type = $4
+      AND dlq_at < now() - $3::interval
+    RETURNING 1
+)
+SELECT count(*) FROM discarded;
+
+-- section: jobpool.store.pause — pausing a pool or some of its job types
+
+-- name: pool_pause_lock
+-- The pool's pause lock, exclusive, to the end of the transaction: no worker parks a
+-- job meanwhile, and the unpark that follows sees every job parked before it.
+SELECT jobpool_pause_lock($1, true);
+
+-- name: pool_pause_update
+-- $2 paused (NULL: unchanged); the paused types become $3 (NULL: the current ones)
+-- plus $4, less $5, each once, sorted.
+UPDATE pools
+SET paused = coalesce($2, paused),
+    paused_types = ARRAY(
+        SELECT DISTINCT t FROM unnest(coalesce($3::text[], paused_types) || $4::text[]) AS t
+        WHERE NOT t = ANY($5::text[])
+        ORDER BY t),
+    updated_at = now()
+WHERE name = $1
+RETURNING paused, paused_types;
+
+-- name: job_unpark
+-- Parked jobs of the types no longer paused go back to the queue (jobs_paused_idx).
+SELECT jobpool_jobs_unpark($1);
+
+-- name: job_park_many
+-- Claimed, never started attempts of paused types are parked, their attempt uncounted.
+SELECT parked AS id FROM jobpool_jobs_park($1, $2, $3::uuid[]) AS parked;
+
+-- name: job_parked_counts
+-- Parked jobs of the pool per type (jobs_paused_idx).
+SELECT type, count(*) AS jobs FROM jobs WHERE pool = $1 AND state = 'paused'
+GROUP BY type ORDER BY type;
+
+-- section: jobpool.store.schedules — periodic schedules and the exactly-once enqueue of ticks
 
 -- name: schedule_upsert_many
 -- Declares one source's schedules ('code' from a worker's handler module, 'spec' from
@@ -640,6 +581,8 @@ WITH advanced AS (
 )
 SELECT id, run_at, (SELECT 1 FROM pg_notify($9, $10)) AS woken FROM inserted;
 
+-- section: jobpool.store.history — job_history partitions and the pool's retention
+
 -- name: history_maintain
 -- One pass of history maintenance (partitions ahead, drops and deletes past retention).
 SELECT created, dropped, deleted, skipped FROM jobpool_history_maintain($1);
@@ -659,58 +602,143 @@ RETURNING name;
 -- name: pool_history_get
 SELECT history_retention, history_pruned_before FROM pools WHERE name = $1;
 
--- name: dlq_discard
-DELETE FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3
-RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
-       max_attempts, duration, error_reason,
-       attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
+-- section: jobpool.store.workers — heartbeats and the workers' view of the pool
 
--- name: dlq_discard_pending
--- Pending entries of the tenant written more than $3 ago (on job_dlq_pending_idx).
-WITH discarded AS (
-    DELETE FROM job_dlq
-    WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND dlq_at < now() - $3::interval
-    RETURNING 1
-)
-SELECT count(*) FROM discarded;
+-- name: worker_heartbeat
+INSERT INTO workers AS w (pool, ordinal, incarnation, shards, running, succeeded, failed)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (pool, ordinal) DO UPDATE
+SET incarnation = excluded.incarnation,
+    started_at = CASE WHEN w.incarnation = excluded.incarnation THEN w.started_at
+                      ELSE now() END,
+    heartbeat_at = now(), shards = excluded.shards, running = excluded.running,
+    succeeded = excluded.succeeded, failed = excluded.failed;
 
--- name: dlq_discard_pending_by_type
--- The same, of one type (on job_dlq_pending_type_idx).
-WITH discarded AS (
-    DELETE FROM job_dlq
-    WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND type = $4
-      AND dlq_at < now() - $3::interval
-    RETURNING 1
-)
-SELECT count(*) FROM discarded;
+-- name: worker_remove
+DELETE FROM workers WHERE pool = $1 AND ordinal = $2 AND incarnation = $3;
 
--- name: pool_pause_lock
--- The pool's pause lock, exclusive, to the end of the transaction: no worker parks a
--- job meanwhile, and the unpark that follows sees every job parked before it.
-SELECT jobpool_pause_lock($1, true);
+-- name: worker_list
+SELECT ordinal, incarnation, started_at, heartbeat_at, shards, running, succeeded, failed
+FROM workers WHERE pool = $1 ORDER BY ordinal;
 
--- name: pool_pause_update
--- $2 paused (NULL: unchanged); the paused types become $3 (NULL: the current ones)
--- plus $4, less $5, each once, sorted.
-UPDATE pools
-SET paused = coalesce($2, paused),
-    paused_types = ARRAY(
-        SELECT DISTINCT t FROM unnest(coalesce($3::text[], paused_types) || $4::text[]) AS t
-        WHERE NOT t = ANY($5::text[])
-        ORDER BY t),
-    updated_at = now()
-WHERE name = $1
-RETURNING paused, paused_types;
+-- name: pool_queue_counts
+-- Due queued jobs (run_at passed), running jobs and jobs waiting behind their key's head;
+-- queued jobs not yet due (delayed, backing off before a retry) are not counted.
+SELECT priority, state, count(*) AS jobs FROM jobs
+WHERE pool = $1 AND (state <> 'queued' OR run_at <= now())
+GROUP BY priority, state;
 
--- name: job_unpark
--- Parked jobs of the types no longer paused go back to the queue (jobs_paused_idx).
-SELECT jobpool_jobs_unpark($1);
+-- section: jobpool.store.stats — the figures of a pool's status
 
--- name: job_park_many
--- Claimed, never started attempts of paused types are parked, their attempt uncounted.
-SELECT parked AS id FROM jobpool_jobs_park($1, $2, $3::uuid[]) AS parked;
+-- name: pool_oldest_queued_seconds
+-- Seconds the oldest due queued job of the pool has waited (NULL when none). One probe
+-- of jobs_due_idx per shard and lane: a plain min(run_at) would read every queued row.
+SELECT extract(epoch FROM now() - min(first.run_at))::float8
+FROM pools p
+CROSS JOIN generate_series(0, p.shards - 1) AS s (shard)
+CROSS JOIN generate_series(0, 3) AS l (priority)
+CROSS JOIN LATERAL (
+    SELECT run_at FROM jobs
+    WHERE pool = p.name AND shard = s.shard AND priority = l.priority AND state = 'queued'
+      AND run_at <= now()
+    ORDER BY run_at
+    LIMIT 1
+) AS first
+WHERE p.name = $1;
 
--- name: job_parked_counts
--- Parked jobs of the pool per type (jobs_paused_idx).
-SELECT type, count(*) AS jobs FROM jobs WHERE pool = $1 AND state = 'paused'
-GROUP BY type ORDER BY type;
+-- name: pool_finished_count
+-- Jobs of the pool that ended (succeeded or dead) in the last $2 seconds: throughput.
+SELECT count(*) FROM job_history
+WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
+  AND state IN ('succeeded', 'dead');
+
+-- name: dlq_count_recent
+-- Unreplayed dead letters of the pool written in the last $2 seconds.
+SELECT count(*) FROM job_dlq
+WHERE pool = $1 AND replayed_at IS NULL AND dlq_at > now() - make_interval(secs => $2);
+
+-- name: db_now
+-- The database's clock: heartbeats are stamped with it, so their ages are measured on it.
+SELECT now();
+
+-- section: jobpool.store.overview — what `jobpool dev` shows
+
+-- name: lease_list
+-- Who holds each held shard of the pool, and whether the lease is still alive: what
+-- `jobpool dev` shows. A shard without a row, or with no owner, is free.
+SELECT shard, ordinal, expires_at > now() AS live
+FROM shard_leases WHERE pool = $1 AND owner IS NOT NULL ORDER BY shard;
+
+-- name: job_history_recent_counts
+-- Jobs of the pool that ended in the last $2 seconds, by final state (a range of
+-- job_history_finished_idx).
+SELECT state, count(*) AS jobs FROM job_history
+WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
+GROUP BY state;
+
+-- section: jobpool.store.migrate — the migration runner and the group roles it needs
+
+-- name: migration_lock
+SELECT pg_advisory_lock($1);
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: migration_table_create
+CREATE TABLE IF NOT EXISTS jobpool_migrations (
+    name        text PRIMARY KEY,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migration_table_exists
+SELECT to_regclass('jobpool_migrations') IS NOT NULL;
+
+-- name: migration_list
+SELECT name, checksum FROM jobpool_migrations;
+
+-- name: migration_record
+INSERT INTO jobpool_migrations (name, checksum) VALUES ($1, $2);
+
+-- name: migration_owner_ready
+-- True once jobpool_owner owns the schema (migration 0003 on): files then run as it.
+SELECT pg_get_userbyid(relowner) = 'jobpool_owner'
+FROM pg_class WHERE oid = to_regclass('jobpool_migrations');
+
+-- name: migration_set_owner_role
+SET LOCAL ROLE jobpool_owner;
+
+-- name: role_current
+SELECT current_user::text;
+
+-- name: role_missing
+SELECT ARRAY(
+    SELECT wanted FROM unnest($1::text[]) AS wanted
+    WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted)
+    ORDER BY wanted
+);
+
+-- name: role_may_create
+SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user;
+
+-- name: role_is_owner
+SELECT rolsuper OR pg_has_role(current_user, 'jobpool_owner', 'MEMBER')
+FROM pg_roles WHERE rolname = current_user;
+
+-- name: role_create
+-- Role statements take no parameters: format() quotes the names into the statement.
+SELECT format('CREATE ROLE %I NOLOGIN', $1::text);
+
+-- section: jobpool.store.roles — database roles and the tenants they act for
+-- (role_grant also serves migrate)
+
+-- name: role_grant
+SELECT format('GRANT %I TO %I', $1::text, $2::text);
+
+-- name: role_exists
+SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1);
+
+-- name: tenant_role_map
+-- Lets `role` act for `tenant` ('*': any tenant, the trusted-application mode).
+INSERT INTO jobpool_tenant_roles (tenant, role) SELECT unnest($2::text[]), $1
+ON CONFLICT DO NOTHING;

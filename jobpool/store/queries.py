@@ -1,9 +1,12 @@
 """Named SQL statements, loaded once from ``jobpool/sql/queries.sql``.
 
 Each statement starts with a ``-- name: entity_verb`` line; the text up to the next
-such line is the statement. A statement names its parameters ``:name``; at load time
-each name becomes ``$n`` (numbered by first appearance, a repeated name keeps its
-number) and the statement keeps its ordered names, so a call binds by name::
+such line is the statement. Statements are grouped by the store module that runs them,
+each group under a ``-- section: …`` line whose comments are not part of a statement.
+
+A statement names its parameters ``:name``; at load time each name becomes ``$n``
+(numbered by first appearance, a repeated name keeps its number) and the statement
+keeps its ordered names, so a call binds by name::
 
     await conn.fetch(*QUERIES.bind("job_retry_many", pool=pool, owner=owner, ...))
 
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-_NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_MARK_LINE = re.compile(r"^-- (?:name: (\w+)[ \t]*|section: .*)$", re.MULTILINE)
 
 _TOKEN = re.compile(
     r"""
@@ -77,13 +80,23 @@ def compile_statement(name: str, text: str) -> Statement:
 
 def parse_queries(text: str) -> dict[str, Statement]:
     """Split a ``.sql`` file of named statements into ``{name: statement}``."""
-    parts = _NAME_LINE.split(text)
+    parts = _MARK_LINE.split(text)
     queries: dict[str, Statement] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name is None:
+            _check_section(body)
+            continue
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
         queries[name] = compile_statement(name, body.strip())
     return queries
+
+
+def _check_section(body: str) -> None:
+    """A section's lines after its title are comments: SQL there would be lost."""
+    for line in body.splitlines():
+        if line.strip() and not line.lstrip().startswith("--"):
+            raise ValueError(f"SQL outside a named statement: {line.strip()!r}")
 
 
 class Queries(Mapping[str, str]):

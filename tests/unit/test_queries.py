@@ -122,3 +122,17 @@ def test_the_code_and_the_sql_file_name_the_same_statements() -> None:
 def test_the_hot_statements_bind_by_name() -> None:
     for name in ("job_insert_many", "job_claim_batch", "job_finish_many", "job_retry_many"):
         assert QUERIES.params(name), name
+
+
+def test_section_lines_group_statements_and_are_no_part_of_them() -> None:
+    text = (
+        "-- section: a — first\n-- notes\n\n"
+        "-- name: x\nSELECT 1;\n-- section: b\n-- name: y\nSELECT 2;\n"
+    )
+    statements = parse_queries(text)
+    assert {name: s.sql for name, s in statements.items()} == {"x": "SELECT 1;", "y": "SELECT 2;"}
+
+
+def test_sql_under_a_section_line_outside_a_statement_is_refused() -> None:
+    with pytest.raises(ValueError, match="SQL outside a named statement: 'SELECT 1;'"):
+        parse_queries("-- section: a\nSELECT 1;\n-- name: x\nSELECT 2;\n")
