@@ -469,6 +469,9 @@ class Dispatcher:
     def _start_ready(self) -> None:
         if self._clock() >= self._ownership.valid_until:
             return  # our leases may have expired (e.g. the process was frozen): start nothing
+        if self._cancels_to_check:
+            self._wake.set()  # a cancel hint came during this step: read it before starting
+            return
         while len(self.running) < self._settings.concurrency:
             lane = self._lanes.pick(p for p, buf in self.buffers.items() if buf)
             if lane is None:

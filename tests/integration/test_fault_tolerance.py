@@ -388,3 +388,35 @@ async def test_an_attempt_whose_leases_lapsed_before_its_first_step_does_not_sta
         dispatcher.wake()
         assert await result_of(client, job.id, timeout=BOUND) is None
     assert calls == [1]
+
+
+async def test_a_buffered_job_whose_cancel_hint_came_mid_step_is_not_started(
+    dsn: str, client: Client
+) -> None:
+    calls: list[int] = []
+    registry = Registry()
+
+    @registry.handler("once")
+    async def once(payload: Any, ctx: Context) -> None:
+        calls.append(ctx.attempt)
+
+    async with running_worker(dsn, registry, lease_ttl_s=TTL) as run:
+        dispatcher = run.worker.dispatcher
+        dispatcher.claiming = False  # this test feeds the buffer itself
+        job = await client.submit("once", {})
+        lanes = dict.fromkeys(Priority, 10)
+        async with run.worker._conns.acquire() as conn:  # type: ignore[union-attr]
+            [claimed] = await execution.job_claim_batch(
+                conn, POOL, owner=run.worker.settings.owner, shards=[job.shard], lanes=lanes
+            )
+        dispatcher.buffers[claimed.priority].append(claimed)
+        assert await client.cancel(job.id) is CancelOutcome.CANCEL_REQUESTED
+        dispatcher.check_cancels()  # the hint arrives while a step is under way ...
+        dispatcher._start_ready()  # ... which then reaches its starts
+        assert not dispatcher.running, "a job was started before its cancel hint was read"
+
+        async def cancelled() -> bool:
+            return (await client.status(job.id)).state is JobState.CANCELLED
+
+        await _eventually(cancelled, "the buffered job ended cancelled")
+    assert calls == []
