@@ -158,7 +158,8 @@ def new_job(pool: str, tenant: str, job: NewJob, row: Record) -> Job:
         type=job.type,
         priority=job.priority,
         shard=job.shard,
-        state=JobState(row["state"]),
+        # Only a keyed job can be inserted waiting: skip the enum lookup for the others.
+        state=JobState.QUEUED if job.key is None else JobState(row["state"]),
         run_at=row["run_at"],
         created_at=row["created_at"],
         dedupe_key=job.dedupe_key,
