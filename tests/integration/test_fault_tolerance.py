@@ -355,28 +355,39 @@ async def test_a_missing_ordinals_shards_are_adopted_then_handed_back(
     ], history
 
 
-async def test_an_attempt_whose_leases_lapsed_before_its_first_step_does_not_start(
-    dsn: str, client: Client
-) -> None:
-    """A process frozen between creating an attempt's task and the task's first step
-    (SIGSTOP) may have lost its leases meanwhile: the handler must not start then."""
-    calls: list[int] = []
+def _recording(calls: list[int]) -> Registry:
+    """Handlers of type ``once`` that record each attempt they run."""
     registry = Registry()
 
     @registry.handler("once")
     async def once(payload: Any, ctx: Context) -> None:
         calls.append(ctx.attempt)
 
-    async with running_worker(dsn, registry, lease_ttl_s=TTL) as run:
+    return registry
+
+
+async def _buffered(run: WorkerRun, client: Client) -> tuple[Any, Any]:
+    """Submit a job and put it, claimed, in the worker's buffer (claiming is off)."""
+    run.worker.dispatcher.claiming = False
+    job = await client.submit("once", {})
+    lanes = dict.fromkeys(Priority, 10)
+    async with run.worker._conns.acquire() as conn:  # type: ignore[union-attr]
+        [claimed] = await execution.job_claim_batch(
+            conn, POOL, owner=run.worker.settings.owner, shards=[job.shard], lanes=lanes
+        )
+    run.worker.dispatcher.buffers[claimed.priority].append(claimed)
+    return job, claimed
+
+
+async def test_an_attempt_whose_leases_lapsed_before_its_first_step_does_not_start(
+    dsn: str, client: Client
+) -> None:
+    """A process frozen between creating an attempt's task and the task's first step
+    (SIGSTOP) may have lost its leases meanwhile: the handler must not start then."""
+    calls: list[int] = []
+    async with running_worker(dsn, _recording(calls), lease_ttl_s=TTL) as run:
         dispatcher, ownership = run.worker.dispatcher, run.worker.ownership
-        dispatcher.claiming = False  # this test feeds the buffer itself
-        job = await client.submit("once", {})
-        lanes = dict.fromkeys(Priority, 10)
-        async with run.worker._conns.acquire() as conn:  # type: ignore[union-attr]
-            [claimed] = await execution.job_claim_batch(
-                conn, POOL, owner=run.worker.settings.owner, shards=[job.shard], lanes=lanes
-            )
-        dispatcher.buffers[claimed.priority].append(claimed)
+        job, claimed = await _buffered(run, client)
         valid_until = ownership.valid_until
         dispatcher._start_ready()  # the task exists; its first step has not run
         ownership.valid_until = 0.0  # ... and the process "wakes up" past its leases
@@ -394,22 +405,9 @@ async def test_a_buffered_job_whose_cancel_hint_came_mid_step_is_not_started(
     dsn: str, client: Client
 ) -> None:
     calls: list[int] = []
-    registry = Registry()
-
-    @registry.handler("once")
-    async def once(payload: Any, ctx: Context) -> None:
-        calls.append(ctx.attempt)
-
-    async with running_worker(dsn, registry, lease_ttl_s=TTL) as run:
+    async with running_worker(dsn, _recording(calls), lease_ttl_s=TTL) as run:
         dispatcher = run.worker.dispatcher
-        dispatcher.claiming = False  # this test feeds the buffer itself
-        job = await client.submit("once", {})
-        lanes = dict.fromkeys(Priority, 10)
-        async with run.worker._conns.acquire() as conn:  # type: ignore[union-attr]
-            [claimed] = await execution.job_claim_batch(
-                conn, POOL, owner=run.worker.settings.owner, shards=[job.shard], lanes=lanes
-            )
-        dispatcher.buffers[claimed.priority].append(claimed)
+        job, _ = await _buffered(run, client)
         assert await client.cancel(job.id) is CancelOutcome.CANCEL_REQUESTED
         dispatcher.check_cancels()  # the hint arrives while a step is under way ...
         dispatcher._start_ready()  # ... which then reaches its starts
