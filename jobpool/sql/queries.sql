@@ -8,13 +8,13 @@
 -- section: jobpool.store.pools — a pool's fixed shard count and its ring
 
 -- name: pool_get
-SELECT name, shards, replicas, ring_version, paused, paused_types FROM pools WHERE name = $1;
+SELECT name, shards, replicas, ring_version, paused, paused_types FROM pools WHERE name = :name;
 
 -- name: pool_create
 -- A new pool gets a free lease row per shard: a shard nobody takes is then visible (and
 -- adoptable) like one whose owner died.
 WITH created AS (
-    INSERT INTO pools (name, shards, replicas) VALUES ($1, $2, $3)
+    INSERT INTO pools (name, shards, replicas) VALUES (:name, :shards, :replicas)
     ON CONFLICT (name) DO NOTHING
     RETURNING name, shards, replicas, ring_version, paused, paused_types
 ), leases AS (
@@ -25,15 +25,15 @@ SELECT name, shards, replicas, ring_version, paused, paused_types FROM created;
 
 -- name: pool_set_replicas
 UPDATE pools
-SET replicas = $2, ring_version = ring_version + 1, updated_at = now()
-WHERE name = $1 AND replicas <> $2
+SET replicas = :replicas, ring_version = ring_version + 1, updated_at = now()
+WHERE name = :name AND replicas <> :replicas
 RETURNING name, shards, replicas, ring_version, paused, paused_types;
 
 -- section: jobpool.store.jobs — submit (with dedupe), status, cancel
 -- (job_notify also serves pools and pause)
 
 -- name: tenant_set_local
-SELECT set_config('jobpool.tenant', $1, true);
+SELECT set_config('jobpool.tenant', :tenant, true);
 
 -- name: job_insert_many
 -- One round trip for a whole batch, NOTIFY included: the pool's workers are woken
@@ -75,10 +75,10 @@ FROM inserted;
 -- name: job_find_by_dedupe_keys
 SELECT id, type, priority, shard, state, run_at, created_at, dedupe_key
 FROM jobs
-WHERE pool = $1 AND tenant = $2 AND dedupe_key = ANY($3::text[]);
+WHERE pool = :pool AND tenant = :tenant AND dedupe_key = ANY(:dedupe_keys::text[]);
 
 -- name: job_notify
-SELECT pg_notify($1, $2);
+SELECT pg_notify(:channel, :payload);
 
 -- name: job_status
 -- $4, a lower bound of the job's finish time (its id's time, less the clocks' skew),
@@ -87,23 +87,23 @@ SELECT id, pool, tenant, type, priority, shard, state, attempts, max_attempts,
        progress, progress_message, progress_at, NULL::text AS result, error_history::text,
        cancel_requested_at IS NOT NULL AS cancel_requested, created_at, run_at, started_at,
        NULL::timestamptz AS finished_at, request_id, user_id
-FROM jobs WHERE id = $1 AND pool = $2 AND tenant = $3
+FROM jobs WHERE id = :id AND pool = :pool AND tenant = :tenant
 UNION ALL
 SELECT id, pool, tenant, type, priority, shard, state, attempts, max_attempts,
        progress, progress_message, progress_at, result::text, error_history::text,
        false, created_at, run_at, started_at, finished_at, request_id, user_id
-FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3 AND finished_at >= $4;
+FROM job_history WHERE id = :id AND pool = :pool AND tenant = :tenant AND finished_at >= :history_since;
 
 -- name: job_cancel
 -- Requests the cancel of an unfinished job: a queued one ends at once (the trigger
 -- jobs_cancel_queued moves it to job_history as cancelled), a running one stays flagged
 -- for its worker. Returns the state the job had, or no row if it is not unfinished.
 UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
-WHERE id = $1 AND pool = $2 AND tenant = $3
+WHERE id = :id AND pool = :pool AND tenant = :tenant
 RETURNING state;
 
 -- name: job_history_exists
-SELECT state FROM job_history WHERE id = $1 AND pool = $2 AND tenant = $3 AND finished_at >= $4;
+SELECT state FROM job_history WHERE id = :id AND pool = :pool AND tenant = :tenant AND finished_at >= :history_since;
 
 -- section: jobpool.store.execution — the worker's side: claim, retry, finish, progress
 
@@ -606,7 +606,7 @@ SELECT history_retention, history_pruned_before FROM pools WHERE name = $1;
 
 -- name: worker_heartbeat
 INSERT INTO workers AS w (pool, ordinal, incarnation, shards, running, succeeded, failed)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+VALUES (:pool, :ordinal, :incarnation, :shards, :running, :succeeded, :failed)
 ON CONFLICT (pool, ordinal) DO UPDATE
 SET incarnation = excluded.incarnation,
     started_at = CASE WHEN w.incarnation = excluded.incarnation THEN w.started_at
@@ -615,17 +615,17 @@ SET incarnation = excluded.incarnation,
     succeeded = excluded.succeeded, failed = excluded.failed;
 
 -- name: worker_remove
-DELETE FROM workers WHERE pool = $1 AND ordinal = $2 AND incarnation = $3;
+DELETE FROM workers WHERE pool = :pool AND ordinal = :ordinal AND incarnation = :incarnation;
 
 -- name: worker_list
 SELECT ordinal, incarnation, started_at, heartbeat_at, shards, running, succeeded, failed
-FROM workers WHERE pool = $1 ORDER BY ordinal;
+FROM workers WHERE pool = :pool ORDER BY ordinal;
 
 -- name: pool_queue_counts
 -- Due queued jobs (run_at passed), running jobs and jobs waiting behind their key's head;
 -- queued jobs not yet due (delayed, backing off before a retry) are not counted.
 SELECT priority, state, count(*) AS jobs FROM jobs
-WHERE pool = $1 AND (state <> 'queued' OR run_at <= now())
+WHERE pool = :pool AND (state <> 'queued' OR run_at <= now())
 GROUP BY priority, state;
 
 -- section: jobpool.store.stats — the figures of a pool's status
@@ -644,18 +644,18 @@ CROSS JOIN LATERAL (
     ORDER BY run_at
     LIMIT 1
 ) AS first
-WHERE p.name = $1;
+WHERE p.name = :pool;
 
 -- name: pool_finished_count
 -- Jobs of the pool that ended (succeeded or dead) in the last $2 seconds: throughput.
 SELECT count(*) FROM job_history
-WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
+WHERE pool = :pool AND finished_at > now() - make_interval(secs => :window_s)
   AND state IN ('succeeded', 'dead');
 
 -- name: dlq_count_recent
 -- Unreplayed dead letters of the pool written in the last $2 seconds.
 SELECT count(*) FROM job_dlq
-WHERE pool = $1 AND replayed_at IS NULL AND dlq_at > now() - make_interval(secs => $2);
+WHERE pool = :pool AND replayed_at IS NULL AND dlq_at > now() - make_interval(secs => :window_s);
 
 -- name: db_now
 -- The database's clock: heartbeats are stamped with it, so their ages are measured on it.
@@ -667,13 +667,13 @@ SELECT now();
 -- Who holds each held shard of the pool, and whether the lease is still alive: what
 -- `jobpool dev` shows. A shard without a row, or with no owner, is free.
 SELECT shard, ordinal, expires_at > now() AS live
-FROM shard_leases WHERE pool = $1 AND owner IS NOT NULL ORDER BY shard;
+FROM shard_leases WHERE pool = :pool AND owner IS NOT NULL ORDER BY shard;
 
 -- name: job_history_recent_counts
 -- Jobs of the pool that ended in the last $2 seconds, by final state (a range of
 -- job_history_finished_idx).
 SELECT state, count(*) AS jobs FROM job_history
-WHERE pool = $1 AND finished_at > now() - make_interval(secs => $2)
+WHERE pool = :pool AND finished_at > now() - make_interval(secs => :window_s)
 GROUP BY state;
 
 -- section: jobpool.store.migrate — the migration runner and the group roles it needs

@@ -37,7 +37,7 @@ _DEDUPE_ROUNDS = 5
 
 async def tenant_set_local(conn: Connection, tenant: str) -> None:
     """Bind the current transaction to ``tenant`` for row-level security."""
-    await conn.execute(QUERIES["tenant_set_local"], tenant)
+    await conn.execute(*QUERIES.bind("tenant_set_local", tenant=tenant))
 
 
 def _column(values: list[object]) -> list[object] | None:
@@ -135,7 +135,9 @@ async def _resolve_duplicates(
     if not pending:
         return []
     keys = list({jobs[i].dedupe_key for i in pending})
-    found = await conn.fetch(QUERIES["job_find_by_dedupe_keys"], pool, tenant, keys)
+    found = await conn.fetch(
+        *QUERIES.bind("job_find_by_dedupe_keys", pool=pool, tenant=tenant, dedupe_keys=keys)
+    )
     holders = {row["dedupe_key"]: row for row in found}
     for i in pending:
         if (row := holders.get(jobs[i].dedupe_key)) is not None:
@@ -144,7 +146,11 @@ async def _resolve_duplicates(
 
 
 async def job_status(conn: Connection, pool: str, tenant: str, job_id: JobId) -> JobStatus:
-    row = await conn.fetchrow(QUERIES["job_status"], job_id, pool, tenant, history_since(job_id))
+    row = await conn.fetchrow(
+        *QUERIES.bind(
+            "job_status", id=job_id, pool=pool, tenant=tenant, history_since=history_since(job_id)
+        )
+    )
     if row is None:
         raise await job_missing(conn, pool, tenant, job_id)
     return rows.job_status(row)
@@ -155,17 +161,27 @@ async def job_cancel(conn: Connection, pool: str, tenant: str, job_id: JobId) ->
 
     Must run inside a transaction bound to ``tenant``.
     """
-    row = await conn.fetchrow(QUERIES["job_cancel"], job_id, pool, tenant)
+    row = await conn.fetchrow(*QUERIES.bind("job_cancel", id=job_id, pool=pool, tenant=tenant))
     if row is None:
         finished = await conn.fetchval(
-            QUERIES["job_history_exists"], job_id, pool, tenant, history_since(job_id)
+            *QUERIES.bind(
+                "job_history_exists",
+                id=job_id,
+                pool=pool,
+                tenant=tenant,
+                history_since=history_since(job_id),
+            )
         )
         if finished is not None:
             raise JobAlreadyFinished(f"job {job_id} already ended {finished}")
         raise await job_missing(conn, pool, tenant, job_id)
     if row["state"] in (JobState.QUEUED, JobState.WAITING, JobState.PAUSED):
-        await conn.execute(QUERIES["job_notify"], channels.events_channel(pool), str(job_id))
+        await conn.execute(
+            *QUERIES.bind("job_notify", channel=channels.events_channel(pool), payload=str(job_id))
+        )
         return CancelOutcome.CANCELLED
     # A hint without the job: each worker reads its own attempts' rows to act on it.
-    await conn.execute(QUERIES["job_notify"], channels.worker_channel(pool), channels.CANCEL)
+    await conn.execute(
+        *QUERIES.bind("job_notify", channel=channels.worker_channel(pool), payload=channels.CANCEL)
+    )
     return CancelOutcome.CANCEL_REQUESTED

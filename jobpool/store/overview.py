@@ -25,7 +25,7 @@ class ShardHolder(BaseModel):
 
 async def lease_list(conn: Connection, pool: str) -> dict[ShardId, ShardHolder]:
     """The held shards of ``pool`` and their holders (a free shard is absent)."""
-    rows = await conn.fetch(QUERIES["lease_list"], pool)
+    rows = await conn.fetch(*QUERIES.bind("lease_list", pool=pool))
     return {
         ShardId(row["shard"]): ShardHolder(ordinal=row["ordinal"], live=row["live"]) for row in rows
     }
@@ -35,5 +35,7 @@ async def job_history_recent_counts(
     conn: Connection, pool: str, *, window_s: float
 ) -> dict[JobState, int]:
     """Jobs of ``pool`` that ended in the last ``window_s`` seconds, by final state."""
-    rows = await conn.fetch(QUERIES["job_history_recent_counts"], pool, float(window_s))
+    rows = await conn.fetch(
+        *QUERIES.bind("job_history_recent_counts", pool=pool, window_s=float(window_s))
+    )
     return {JobState(row["state"]): row["jobs"] for row in rows}

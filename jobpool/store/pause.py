@@ -61,7 +61,11 @@ async def pool_pause_change(
         async with conn.transaction():
             row = await _update(conn, pool, paused, types, add, remove)
             unparked = await conn.fetchval(QUERIES["job_unpark"], pool)
-            await conn.execute(QUERIES["job_notify"], channels.worker_channel(pool), channels.RING)
+            await conn.execute(
+                *QUERIES.bind(
+                    "job_notify", channel=channels.worker_channel(pool), payload=channels.RING
+                )
+            )
     except asyncpg.InsufficientPrivilegeError:
         raise AccessDenied(
             "the database role may not pause or resume pools: it needs jobpool_operator "

@@ -21,7 +21,7 @@ def pool_not_found(name: str) -> PoolNotFound:
 
 
 async def pool_get(conn: Connection, name: str) -> Pool:
-    row = await conn.fetchrow(QUERIES["pool_get"], name)
+    row = await conn.fetchrow(*QUERIES.bind("pool_get", name=name))
     if row is None:
         raise pool_not_found(name)
     return rows.pool(row)
@@ -34,7 +34,9 @@ async def pool_ensure(conn: Connection, name: str, *, shards: int, replicas: int
         raise InvalidInput(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
     if replicas < 0:
         raise InvalidInput(f"replicas must be >= 0, got {replicas}")
-    row = await conn.fetchrow(QUERIES["pool_create"], name, shards, replicas)
+    row = await conn.fetchrow(
+        *QUERIES.bind("pool_create", name=name, shards=shards, replicas=replicas)
+    )
     return rows.pool(row) if row is not None else await pool_get(conn, name)
 
 
@@ -43,8 +45,12 @@ async def pool_set_replicas(conn: Connection, name: str, replicas: int) -> Pool:
     if replicas < 0:
         raise InvalidInput(f"replicas must be >= 0, got {replicas}")
     async with conn.transaction():
-        row = await conn.fetchrow(QUERIES["pool_set_replicas"], name, replicas)
+        row = await conn.fetchrow(*QUERIES.bind("pool_set_replicas", name=name, replicas=replicas))
         if row is None:
             return await pool_get(conn, name)
-        await conn.execute(QUERIES["job_notify"], channels.worker_channel(name), channels.RING)
+        await conn.execute(
+            *QUERIES.bind(
+                "job_notify", channel=channels.worker_channel(name), payload=channels.RING
+            )
+        )
         return rows.pool(row)

@@ -36,15 +36,23 @@ def _check_window(window_s: float) -> float:
 
 async def pool_oldest_queued_seconds(conn: Connection, pool: str) -> float:
     """How long the oldest due (``run_at`` passed) queued job has waited; 0 when none."""
-    age = await conn.fetchval(QUERIES["pool_oldest_queued_seconds"], pool)
+    age = await conn.fetchval(*QUERIES.bind("pool_oldest_queued_seconds", pool=pool))
     return max(0.0, float(age)) if age is not None else 0.0
 
 
 async def pool_finished_count(conn: Connection, pool: str, *, window_s: float) -> int:
     """Jobs that ended succeeded or dead in the last ``window_s`` seconds."""
-    return int(await conn.fetchval(QUERIES["pool_finished_count"], pool, _check_window(window_s)))
+    return int(
+        await conn.fetchval(
+            *QUERIES.bind("pool_finished_count", pool=pool, window_s=_check_window(window_s))
+        )
+    )
 
 
 async def dlq_count_recent(conn: Connection, pool: str, *, window_s: float) -> int:
     """Unreplayed dead letters of the pool written in the last ``window_s`` seconds."""
-    return int(await conn.fetchval(QUERIES["dlq_count_recent"], pool, _check_window(window_s)))
+    return int(
+        await conn.fetchval(
+            *QUERIES.bind("dlq_count_recent", pool=pool, window_s=_check_window(window_s))
+        )
+    )

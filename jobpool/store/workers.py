@@ -44,23 +44,27 @@ async def worker_heartbeat(
     counters: WorkerCounters,
 ) -> None:
     await conn.execute(
-        QUERIES["worker_heartbeat"],
-        pool,
-        ordinal,
-        incarnation,
-        sorted(shards),
-        counters.running,
-        counters.succeeded,
-        counters.failed,
+        *QUERIES.bind(
+            "worker_heartbeat",
+            pool=pool,
+            ordinal=ordinal,
+            incarnation=incarnation,
+            shards=sorted(shards),
+            running=counters.running,
+            succeeded=counters.succeeded,
+            failed=counters.failed,
+        ),
     )
 
 
 async def worker_remove(conn: Connection, pool: str, *, ordinal: int, incarnation: str) -> None:
-    await conn.execute(QUERIES["worker_remove"], pool, ordinal, incarnation)
+    await conn.execute(
+        *QUERIES.bind("worker_remove", pool=pool, ordinal=ordinal, incarnation=incarnation)
+    )
 
 
 async def worker_list(conn: Connection, pool: str) -> list[WorkerRow]:
-    rows = await conn.fetch(QUERIES["worker_list"], pool)
+    rows = await conn.fetch(*QUERIES.bind("worker_list", pool=pool))
     return [WorkerRow.model_validate({**dict(row), "shards": tuple(row["shards"])}) for row in rows]
 
 
@@ -70,6 +74,6 @@ async def pool_queue_counts(conn: Connection, pool: str) -> dict[JobState, dict[
     counts the jobs parked while their type is paused."""
     states = (JobState.QUEUED, JobState.WAITING, JobState.PAUSED, JobState.RUNNING)
     counts = {state: dict.fromkeys(Priority, 0) for state in states}
-    for row in await conn.fetch(QUERIES["pool_queue_counts"], pool):
+    for row in await conn.fetch(*QUERIES.bind("pool_queue_counts", pool=pool)):
         counts[JobState(row["state"])][Priority.from_rank(row["priority"])] = row["jobs"]
     return counts

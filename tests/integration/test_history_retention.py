@@ -198,7 +198,9 @@ async def test_status_probes_only_the_days_since_the_job_by_index(
         later,
     )
     await conn.execute("ANALYZE job_history")
-    args = (job_id, pool.name, "acme", history_since(job_id))
+    args = QUERIES.bind(
+        "job_status", id=job_id, pool=pool.name, tenant="acme", history_since=history_since(job_id)
+    )[1:]
     plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + QUERIES["job_status"], *args))
     scanned = _scanned(plan[0]["Plan"])
 

@@ -357,7 +357,12 @@ async def _lookups(conn: asyncpg.Connection) -> dict[str, tuple[str, tuple[Any, 
         "job_status": (*status, {"jobs_pkey"}),
         "job_find_by_dedupe_keys": (
             QUERIES["job_find_by_dedupe_keys"],
-            (POOL, "t3", ["dedupe-3", "dedupe-11", "dedupe-missing"]),
+            QUERIES.bind(
+                "job_find_by_dedupe_keys",
+                pool=POOL,
+                tenant="t3",
+                dedupe_keys=["dedupe-3", "dedupe-11", "dedupe-missing"],
+            )[1:],
             {"jobs_dedupe_idx"},
         ),
         "dlq_list": (
