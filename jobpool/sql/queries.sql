@@ -252,11 +252,11 @@ SELECT id, (SELECT 1 FROM pg_notify(:channel, :wake)) AS notified FROM archived;
 
 -- name: job_progress_update
 WITH updated AS (
-    UPDATE jobs SET progress = $4, progress_message = $5, progress_at = now()
-    WHERE id = $3 AND pool = $1 AND state = 'running' AND worker = $2
+    UPDATE jobs SET progress = :progress, progress_message = :message, progress_at = now()
+    WHERE id = :id AND pool = :pool AND state = 'running' AND worker = :owner
     RETURNING id
 )
-SELECT id, (SELECT 1 FROM pg_notify($6, id::text)) AS notified FROM updated;
+SELECT id, (SELECT 1 FROM pg_notify(:channel, id::text)) AS notified FROM updated;
 
 -- name: job_release_many
 -- Prefetched attempts that never started (worker shutting down or shard moving away)
@@ -265,8 +265,8 @@ UPDATE jobs j
 SET state = 'queued', attempts = j.attempts - 1, started_at = NULL, worker = NULL,
     lease_epoch = NULL
 FROM shard_leases l
-WHERE j.id = ANY($3::uuid[]) AND j.pool = $1 AND j.state = 'running' AND j.worker = $2
-  AND l.pool = j.pool AND l.shard = j.shard AND l.owner = $2 AND l.epoch = j.lease_epoch
+WHERE j.id = ANY(:ids::uuid[]) AND j.pool = :pool AND j.state = 'running' AND j.worker = :owner
+  AND l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner AND l.epoch = j.lease_epoch
 RETURNING j.id;
 
 -- name: job_next_due
@@ -275,11 +275,11 @@ RETURNING j.id;
 -- lane. No `run_at > now()`: a job that fell due between the claim and this look-up
 -- must come back (as a time already past), not be skipped.
 SELECT min(next.run_at)
-FROM unnest($2::int[]) AS s (shard)
-CROSS JOIN unnest($3::smallint[]) AS l (priority)
+FROM unnest(:shards::int[]) AS s (shard)
+CROSS JOIN unnest(:priorities::smallint[]) AS l (priority)
 CROSS JOIN LATERAL (
     SELECT run_at FROM jobs
-    WHERE pool = $1 AND shard = s.shard AND priority = l.priority AND state = 'queued'
+    WHERE pool = :pool AND shard = s.shard AND priority = l.priority AND state = 'queued'
     ORDER BY run_at
     LIMIT 1
 ) AS next;
@@ -287,14 +287,14 @@ CROSS JOIN LATERAL (
 -- name: job_cancels_requested
 -- Which of the caller's attempts have a cancel request: the row decides, never a NOTIFY.
 SELECT id FROM jobs
-WHERE pool = $1 AND id = ANY($3::uuid[]) AND worker = $2 AND state = 'running'
+WHERE pool = :pool AND id = ANY(:ids::uuid[]) AND worker = :owner AND state = 'running'
   AND cancel_requested_at IS NOT NULL;
 
 -- name: job_queue_depth
 -- Queued jobs of the caller's shards by priority, due (run_at passed) or not yet.
 SELECT priority, run_at <= now() AS due, count(*) AS queued
 FROM jobs
-WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'queued'
+WHERE pool = :pool AND shard = ANY(:shards::int[]) AND state = 'queued'
 GROUP BY priority, due;
 
 -- name: jobs_statistics_missing
@@ -319,15 +319,15 @@ ANALYZE jobs;
 -- would skip the rows the upsert changes): it only names why; epochs come from the take.
 WITH previous AS (
     SELECT shard, owner, expires_at FROM shard_leases
-    WHERE pool = $1 AND shard = ANY($4::int[])
+    WHERE pool = :pool AND shard = ANY(:shards::int[])
 ), taken AS (
     INSERT INTO shard_leases AS l (pool, shard, owner, ordinal, epoch, expires_at)
-    SELECT $1, s, $2, $3, 1, now() + make_interval(secs => $5)
-    FROM unnest($4::int[]) AS s
+    SELECT :pool, s, :owner, :ordinal, 1, now() + make_interval(secs => :ttl_s)
+    FROM unnest(:shards::int[]) AS s
     ON CONFLICT (pool, shard) DO UPDATE
     SET owner = excluded.owner, ordinal = excluded.ordinal, epoch = l.epoch + 1,
         expires_at = excluded.expires_at
-    WHERE l.owner IS NULL OR l.expires_at <= now() OR ($6 AND l.ordinal = excluded.ordinal)
+    WHERE l.owner IS NULL OR l.expires_at <= now() OR (:supersede AND l.ordinal = excluded.ordinal)
     RETURNING shard, epoch
 ), why AS (
     SELECT t.shard, t.epoch, t.epoch - 1 AS previous_epoch,
@@ -339,26 +339,26 @@ WITH previous AS (
     UPDATE lease_history h
     SET ended_at = now(), ended_because = w.because
     FROM why w
-    WHERE h.pool = $1 AND h.shard = w.shard AND h.epoch = w.previous_epoch
+    WHERE h.pool = :pool AND h.shard = w.shard AND h.epoch = w.previous_epoch
       AND h.ended_at IS NULL AND w.because <> 'free'
 ), recorded AS (
     INSERT INTO lease_history (pool, shard, epoch, owner, ordinal, taken_because)
-    SELECT $1, shard, epoch, $2, $3, CASE WHEN $7 THEN 'adopted' ELSE because END
+    SELECT :pool, shard, epoch, :owner, :ordinal, CASE WHEN :adopt THEN 'adopted' ELSE because END
     FROM why
 ), pruned AS (
     DELETE FROM lease_history
-    WHERE pool = $1 AND shard IN (SELECT shard FROM taken)
-      AND taken_at < now() - make_interval(secs => $8)
+    WHERE pool = :pool AND shard IN (SELECT shard FROM taken)
+      AND taken_at < now() - make_interval(secs => :history_kept_s)
 )
 SELECT shard, epoch FROM taken;
 
 -- name: lease_holders
 SELECT shard, owner, ordinal FROM shard_leases
-WHERE pool = $1 AND shard = ANY($2::int[]) AND owner IS NOT NULL;
+WHERE pool = :pool AND shard = ANY(:shards::int[]) AND owner IS NOT NULL;
 
 -- name: lease_renew
-UPDATE shard_leases SET expires_at = now() + make_interval(secs => $3)
-WHERE pool = $1 AND owner = $2 AND shard = ANY($4::int[])
+UPDATE shard_leases SET expires_at = now() + make_interval(secs => :ttl_s)
+WHERE pool = :pool AND owner = :owner AND shard = ANY(:shards::int[])
 RETURNING shard, epoch;
 
 -- name: lease_release
@@ -367,14 +367,14 @@ RETURNING shard, epoch;
 -- live ordinals adopt it when its ring owner never comes to take it.
 WITH released AS (
     UPDATE shard_leases SET owner = NULL, ordinal = NULL, expires_at = now()
-    WHERE pool = $1 AND owner = $2 AND shard = ANY($3::int[])
+    WHERE pool = :pool AND owner = :owner AND shard = ANY(:shards::int[])
     RETURNING shard, epoch
 ), closed AS (
     UPDATE lease_history h SET ended_at = now(), ended_because = 'released'
     FROM released r
-    WHERE h.pool = $1 AND h.shard = r.shard AND h.epoch = r.epoch AND h.ended_at IS NULL
+    WHERE h.pool = :pool AND h.shard = r.shard AND h.epoch = r.epoch AND h.ended_at IS NULL
 )
-SELECT shard, (SELECT 1 FROM pg_notify($4, $5)) AS woken FROM released;
+SELECT shard, (SELECT 1 FROM pg_notify(:channel, :payload)) AS woken FROM released;
 
 -- name: lease_health
 -- Per shard of the pool: free or expired for at least $2 seconds after someone held it
@@ -382,11 +382,11 @@ SELECT shard, (SELECT 1 FROM pg_notify($4, $5)) AS woken FROM released;
 -- whose workers have not started, which readiness reports), or held by an adoption
 -- (its ring owner is missing).
 SELECT l.shard,
-       l.epoch > 0 AND l.expires_at <= now() - make_interval(secs => $2) AS orphaned,
+       l.epoch > 0 AND l.expires_at <= now() - make_interval(secs => :grace_s) AS orphaned,
        coalesce(l.expires_at > now() AND h.taken_because = 'adopted', false) AS adopted
 FROM shard_leases l
 LEFT JOIN lease_history h ON h.pool = l.pool AND h.shard = l.shard AND h.epoch = l.epoch
-WHERE l.pool = $1;
+WHERE l.pool = :pool;
 
 -- name: lease_orphans
 -- Shards free or expired for at least $2 seconds (their ring owner did not take them
@@ -394,19 +394,19 @@ WHERE l.pool = $1;
 -- what a worker needs to decide which orphans it adopts.
 SELECT ARRAY(
            SELECT shard FROM shard_leases
-           WHERE pool = $1 AND expires_at <= now() - make_interval(secs => $2)
+           WHERE pool = :pool AND expires_at <= now() - make_interval(secs => :grace_s)
            ORDER BY shard
        ) AS orphans,
        ARRAY(
            SELECT ordinal FROM workers
-           WHERE pool = $1 AND heartbeat_at > now() - make_interval(secs => $3)
+           WHERE pool = :pool AND heartbeat_at > now() - make_interval(secs => :live_s)
            ORDER BY ordinal
        ) AS live;
 
 -- name: lease_history_list
 SELECT shard, epoch, owner, ordinal, taken_at, taken_because, ended_at, ended_because
 FROM lease_history
-WHERE pool = $1 AND shard = ANY($2::int[])
+WHERE pool = :pool AND shard = ANY(:shards::int[])
 ORDER BY shard, epoch;
 
 -- name: job_requeue_orphans
@@ -418,7 +418,7 @@ SET state = 'queued', run_at = now(), worker = NULL, lease_epoch = NULL,
         'attempt', attempts, 'error_type', 'WorkerLost',
         'message', 'the worker running this attempt lost its shard lease',
         'at', now()))
-WHERE pool = $1 AND shard = ANY($2::int[]) AND state = 'running'
+WHERE pool = :pool AND shard = ANY(:shards::int[]) AND state = 'running'
 RETURNING id;
 
 -- section: jobpool.store.dlq — the dead-letter queue: list, replay, purge, discard

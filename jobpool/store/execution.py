@@ -138,13 +138,15 @@ async def job_progress_update(
 ) -> bool:
     """Record a running job's progress and wake its followers; False if not ours anymore."""
     row = await conn.fetchrow(
-        QUERIES["job_progress_update"],
-        pool,
-        owner,
-        job_id,
-        fraction,
-        message,
-        channels.events_channel(pool),
+        *QUERIES.bind(
+            "job_progress_update",
+            pool=pool,
+            owner=owner,
+            id=job_id,
+            progress=fraction,
+            message=message,
+            channel=channels.events_channel(pool),
+        ),
     )
     return row is not None
 
@@ -155,7 +157,9 @@ async def job_release_many(
     """Put claimed-but-never-started jobs back in the queue, their attempt uncounted."""
     if not job_ids:
         return []
-    rows = await conn.fetch(QUERIES["job_release_many"], pool, owner, list(job_ids))
+    rows = await conn.fetch(
+        *QUERIES.bind("job_release_many", pool=pool, owner=owner, ids=list(job_ids))
+    )
     return [JobId(row["id"]) for row in rows]
 
 
@@ -167,7 +171,9 @@ async def job_next_due(
     ranks = [lane.rank for lane in lanes]
     if not shards or not ranks:
         return None
-    value: datetime | None = await conn.fetchval(QUERIES["job_next_due"], pool, list(shards), ranks)
+    value: datetime | None = await conn.fetchval(
+        *QUERIES.bind("job_next_due", pool=pool, shards=list(shards), priorities=ranks)
+    )
     return value
 
 
@@ -177,7 +183,9 @@ async def job_cancels_requested(
     """Which of the owner's attempts ``job_ids`` were asked to cancel (the row decides)."""
     if not job_ids:
         return []
-    rows = await conn.fetch(QUERIES["job_cancels_requested"], pool, owner, list(job_ids))
+    rows = await conn.fetch(
+        *QUERIES.bind("job_cancels_requested", pool=pool, owner=owner, ids=list(job_ids))
+    )
     return [JobId(row["id"]) for row in rows]
 
 
@@ -186,7 +194,7 @@ async def job_queue_depth(
 ) -> dict[QueueState, dict[Priority, int]]:
     """Queued jobs per state (``due``, ``scheduled``) and priority lane in ``shards``
     (every state and lane present, zeros included)."""
-    rows = await conn.fetch(QUERIES["job_queue_depth"], pool, list(shards))
+    rows = await conn.fetch(*QUERIES.bind("job_queue_depth", pool=pool, shards=list(shards)))
     depth = {state: dict.fromkeys(Priority, 0) for state in QueueState}
     for row in rows:
         state = QueueState.DUE if row["due"] else QueueState.SCHEDULED

@@ -64,19 +64,21 @@ async def lease_take(
         return {}
     async with conn.transaction():
         rows = await conn.fetch(
-            QUERIES["lease_take"],
-            pool,
-            owner,
-            ordinal,
-            list(shards),
-            ttl_s,
-            supersede,
-            adopt,
-            LEASE_HISTORY_KEPT_S,
+            *QUERIES.bind(
+                "lease_take",
+                pool=pool,
+                owner=owner,
+                ordinal=ordinal,
+                shards=list(shards),
+                ttl_s=ttl_s,
+                supersede=supersede,
+                adopt=adopt,
+                history_kept_s=LEASE_HISTORY_KEPT_S,
+            ),
         )
         taken = {ShardId(row["shard"]): row["epoch"] for row in rows}
         if taken:
-            await conn.execute(QUERIES["job_requeue_orphans"], pool, list(taken))
+            await conn.execute(*QUERIES.bind("job_requeue_orphans", pool=pool, shards=list(taken)))
         return taken
 
 
@@ -84,7 +86,7 @@ async def lease_holders(
     conn: Connection, pool: str, shards: Sequence[int]
 ) -> dict[ShardId, tuple[str, int]]:
     """Who holds ``shards`` now: ``{shard: (owner, ordinal)}`` for the held ones."""
-    rows = await conn.fetch(QUERIES["lease_holders"], pool, list(shards))
+    rows = await conn.fetch(*QUERIES.bind("lease_holders", pool=pool, shards=list(shards)))
     return {ShardId(row["shard"]): (row["owner"], row["ordinal"]) for row in rows}
 
 
@@ -94,7 +96,9 @@ async def lease_renew(
     """Extend the leases still held; a shard missing from the result was lost."""
     if not shards:
         return {}
-    rows = await conn.fetch(QUERIES["lease_renew"], pool, owner, ttl_s, list(shards))
+    rows = await conn.fetch(
+        *QUERIES.bind("lease_renew", pool=pool, owner=owner, ttl_s=ttl_s, shards=list(shards))
+    )
     return {ShardId(row["shard"]): row["epoch"] for row in rows}
 
 
@@ -104,15 +108,25 @@ async def lease_release(
     """Give shards up (after draining them); their next owner is woken to take them."""
     if not shards:
         return []
-    wake = (channels.worker_channel(pool), channels.RELEASED)
-    rows = await conn.fetch(QUERIES["lease_release"], pool, owner, list(shards), *wake)
+    rows = await conn.fetch(
+        *QUERIES.bind(
+            "lease_release",
+            pool=pool,
+            owner=owner,
+            shards=list(shards),
+            channel=channels.worker_channel(pool),
+            payload=channels.RELEASED,
+        )
+    )
     return [ShardId(row["shard"]) for row in rows]
 
 
 async def lease_orphans(conn: Connection, pool: str, *, grace_s: float, live_s: float) -> Orphans:
     """Shards free or expired for ``grace_s`` or more, and the ordinals that heartbeated
     within ``live_s``: whether and by whom orphans are adopted is the caller's choice."""
-    row = await conn.fetchrow(QUERIES["lease_orphans"], pool, grace_s, live_s)
+    row = await conn.fetchrow(
+        *QUERIES.bind("lease_orphans", pool=pool, grace_s=grace_s, live_s=live_s)
+    )
     return Orphans([ShardId(s) for s in row["orphans"]], list(row["live"]))
 
 
@@ -126,7 +140,7 @@ class LeaseHealth(NamedTuple):
 async def lease_health(conn: Connection, pool: str, *, grace_s: float) -> LeaseHealth:
     """Which shards of ``pool`` lack their ring owner: free or expired for ``grace_s`` or
     more, or adopted by another ordinal (the operator's ``OrdinalsMissing``)."""
-    rows = await conn.fetch(QUERIES["lease_health"], pool, grace_s)
+    rows = await conn.fetch(*QUERIES.bind("lease_health", pool=pool, grace_s=grace_s))
     return LeaseHealth(
         orphaned=[ShardId(row["shard"]) for row in rows if row["orphaned"]],
         adopted=[ShardId(row["shard"]) for row in rows if row["adopted"]],
@@ -137,5 +151,5 @@ async def lease_history_list(
     conn: Connection, pool: str, shards: Sequence[int]
 ) -> list[LeaseRecord]:
     """Every kept holding of ``shards``, oldest first: who held them, when, and why."""
-    rows = await conn.fetch(QUERIES["lease_history_list"], pool, list(shards))
+    rows = await conn.fetch(*QUERIES.bind("lease_history_list", pool=pool, shards=list(shards)))
     return [LeaseRecord(ShardId(row["shard"]), *list(row.values())[1:]) for row in rows]

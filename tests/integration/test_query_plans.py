@@ -383,7 +383,11 @@ async def _lookups(conn: asyncpg.Connection) -> dict[str, tuple[str, tuple[Any, 
             *await _sent(lambda c: execution.job_retry_many(c, POOL, owner=OWNER, retries=retries)),
             {"jobs_pkey"},
         ),
-        "job_requeue_orphans": (QUERIES["job_requeue_orphans"], (POOL, [3]), {"jobs_running_idx"}),
+        "job_requeue_orphans": (
+            QUERIES["job_requeue_orphans"],
+            QUERIES.bind("job_requeue_orphans", pool=POOL, shards=[3])[1:],
+            {"jobs_running_idx"},
+        ),
         # The claim timer: when the earliest delayed job of the owner's shards is due.
         "job_next_due": (
             *await _sent(
