@@ -430,40 +430,40 @@ SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing
        max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
 FROM job_dlq
-WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND id > $3
+WHERE pool = :pool AND app_id = :tenant AND replayed_at IS NULL AND id > :after
 ORDER BY id
-LIMIT $4;
+LIMIT :limit;
 
 -- name: dlq_list_by_type
 SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
        max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
 FROM job_dlq
-WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND type = $4 AND id > $3
+WHERE pool = :pool AND app_id = :tenant AND replayed_at IS NULL AND type = :type AND id > :after
 ORDER BY id
-LIMIT $5;
+LIMIT :limit;
 
 -- name: dlq_get
 SELECT id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
        max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id
-FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3;
+FROM job_dlq WHERE id = :id AND pool = :pool AND app_id = :tenant;
 
 -- name: dlq_mark_replayed
 UPDATE job_dlq SET replayed_at = now()
-WHERE id = $1 AND pool = $2 AND app_id = $3 AND replayed_at IS NULL
+WHERE id = :id AND pool = :pool AND app_id = :tenant AND replayed_at IS NULL
 RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
        max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
 
 -- name: dlq_purge
-SELECT jobpool_dlq_purge($1, $2, $3);
+SELECT jobpool_dlq_purge(:pool, :older_than, :tenant);
 
 -- name: dlq_count_pending
-SELECT count(*) FROM job_dlq WHERE pool = $1 AND replayed_at IS NULL;
+SELECT count(*) FROM job_dlq WHERE pool = :pool AND replayed_at IS NULL;
 
 -- name: dlq_discard
-DELETE FROM job_dlq WHERE id = $1 AND pool = $2 AND app_id = $3
+DELETE FROM job_dlq WHERE id = :id AND pool = :pool AND app_id = :tenant
 RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, routing_key,
        max_attempts, duration, error_reason,
        attempts, error_history::text, dlq_at, replayed_at, request_id, user_id;
@@ -472,7 +472,7 @@ RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, rout
 -- Pending entries of the tenant written more than $3 ago (on job_dlq_pending_idx).
 WITH discarded AS (
     DELETE FROM job_dlq
-    WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND dlq_at < now() - $3::interval
+    WHERE pool = :pool AND app_id = :tenant AND replayed_at IS NULL AND dlq_at < now() - :older_than::interval
     RETURNING 1
 )
 SELECT count(*) FROM discarded;
@@ -481,8 +481,8 @@ SELECT count(*) FROM discarded;
 -- The same, of one type (on job_dlq_pending_type_idx).
 WITH discarded AS (
     DELETE FROM job_dlq
-    WHERE pool = $1 AND app_id = $2 AND replayed_at IS NULL AND type = $4
-      AND dlq_at < now() - $3::interval
+    WHERE pool = :pool AND app_id = :tenant AND replayed_at IS NULL AND type = :type
+      AND dlq_at < now() - :older_than::interval
     RETURNING 1
 )
 SELECT count(*) FROM discarded;
@@ -492,32 +492,32 @@ SELECT count(*) FROM discarded;
 -- name: pool_pause_lock
 -- The pool's pause lock, exclusive, to the end of the transaction: no worker parks a
 -- job meanwhile, and the unpark that follows sees every job parked before it.
-SELECT jobpool_pause_lock($1, true);
+SELECT jobpool_pause_lock(:pool, true);
 
 -- name: pool_pause_update
 -- $2 paused (NULL: unchanged); the paused types become $3 (NULL: the current ones)
 -- plus $4, less $5, each once, sorted.
 UPDATE pools
-SET paused = coalesce($2, paused),
+SET paused = coalesce(:paused, paused),
     paused_types = ARRAY(
-        SELECT DISTINCT t FROM unnest(coalesce($3::text[], paused_types) || $4::text[]) AS t
-        WHERE NOT t = ANY($5::text[])
+        SELECT DISTINCT t FROM unnest(coalesce(:types::text[], paused_types) || :add::text[]) AS t
+        WHERE NOT t = ANY(:remove::text[])
         ORDER BY t),
     updated_at = now()
-WHERE name = $1
+WHERE name = :pool
 RETURNING paused, paused_types;
 
 -- name: job_unpark
 -- Parked jobs of the types no longer paused go back to the queue (jobs_paused_idx).
-SELECT jobpool_jobs_unpark($1);
+SELECT jobpool_jobs_unpark(:pool);
 
 -- name: job_park_many
 -- Claimed, never started attempts of paused types are parked, their attempt uncounted.
-SELECT parked AS id FROM jobpool_jobs_park($1, $2, $3::uuid[]) AS parked;
+SELECT parked AS id FROM jobpool_jobs_park(:pool, :owner, :ids::uuid[]) AS parked;
 
 -- name: job_parked_counts
 -- Parked jobs of the pool per type (jobs_paused_idx).
-SELECT type, count(*) AS jobs FROM jobs WHERE pool = $1 AND state = 'paused'
+SELECT type, count(*) AS jobs FROM jobs WHERE pool = :pool AND state = 'paused'
 GROUP BY type ORDER BY type;
 
 -- section: jobpool.store.schedules — periodic schedules and the exactly-once enqueue of ticks

@@ -60,16 +60,29 @@ async def dlq_list(
     if type is not None:
         check_job_type(type)
     if type is None:
-        found = await conn.fetch(QUERIES["dlq_list"], pool, tenant, after, limit + 1)
+        found = await conn.fetch(
+            *QUERIES.bind("dlq_list", pool=pool, tenant=tenant, after=after, limit=limit + 1)
+        )
     else:
-        found = await conn.fetch(QUERIES["dlq_list_by_type"], pool, tenant, after, type, limit + 1)
+        found = await conn.fetch(
+            *QUERIES.bind(
+                "dlq_list_by_type",
+                pool=pool,
+                tenant=tenant,
+                after=after,
+                type=type,
+                limit=limit + 1,
+            )
+        )
     entries = tuple(rows.dlq_entry(row) for row in found[:limit])
     next_cursor = str(entries[-1].id) if len(found) > limit else None
     return DlqPage(entries=entries, next_cursor=next_cursor)
 
 
 async def dlq_get(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> DlqEntry:
-    row = await conn.fetchrow(QUERIES["dlq_get"], _entry_id(entry_id, pool, tenant), pool, tenant)
+    row = await conn.fetchrow(
+        *QUERIES.bind("dlq_get", id=_entry_id(entry_id, pool, tenant), pool=pool, tenant=tenant)
+    )
     if row is None:
         raise DlqEntryNotFound(f"no DLQ entry {entry_id} in pool {pool!r} for tenant {tenant!r}")
     return rows.dlq_entry(row)
@@ -78,7 +91,9 @@ async def dlq_get(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> 
 async def dlq_mark_replayed(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> DlqEntry:
     """Mark an entry replayed (the caller enqueues the new job in the same transaction)."""
     entry_id = _entry_id(entry_id, pool, tenant)
-    row = await conn.fetchrow(QUERIES["dlq_mark_replayed"], entry_id, pool, tenant)
+    row = await conn.fetchrow(
+        *QUERIES.bind("dlq_mark_replayed", id=entry_id, pool=pool, tenant=tenant)
+    )
     if row is None:
         entry = await dlq_get(conn, pool, tenant, entry_id)
         raise DlqEntryAlreadyReplayed(
@@ -101,13 +116,15 @@ async def dlq_purge(
 ) -> int:
     """Delete replayed entries older than ``older_than``; ``tenant=None`` means all."""
     age = _check_older_than(older_than)
-    return int(await conn.fetchval(QUERIES["dlq_purge"], pool, age, tenant))
+    return int(
+        await conn.fetchval(*QUERIES.bind("dlq_purge", pool=pool, older_than=age, tenant=tenant))
+    )
 
 
 async def dlq_discard(conn: Connection, pool: str, tenant: str, entry_id: DlqId) -> DlqEntry:
     """Delete one entry, replayed or not; returns it as it was."""
     row = await conn.fetchrow(
-        QUERIES["dlq_discard"], _entry_id(entry_id, pool, tenant), pool, tenant
+        *QUERIES.bind("dlq_discard", id=_entry_id(entry_id, pool, tenant), pool=pool, tenant=tenant)
     )
     if row is None:
         raise DlqEntryNotFound(f"no DLQ entry {entry_id} in pool {pool!r} for tenant {tenant!r}")
@@ -126,10 +143,20 @@ async def dlq_discard_pending(
     returns how many went."""
     age = _check_older_than(older_than)
     if type is None:
-        return int(await conn.fetchval(QUERIES["dlq_discard_pending"], pool, tenant, age))
+        return int(
+            await conn.fetchval(
+                *QUERIES.bind("dlq_discard_pending", pool=pool, tenant=tenant, older_than=age)
+            )
+        )
     check_job_type(type)
-    return int(await conn.fetchval(QUERIES["dlq_discard_pending_by_type"], pool, tenant, age, type))
+    return int(
+        await conn.fetchval(
+            *QUERIES.bind(
+                "dlq_discard_pending_by_type", pool=pool, tenant=tenant, older_than=age, type=type
+            )
+        )
+    )
 
 
 async def dlq_count_pending(conn: Connection, pool: str) -> int:
-    return int(await conn.fetchval(QUERIES["dlq_count_pending"], pool))
+    return int(await conn.fetchval(*QUERIES.bind("dlq_count_pending", pool=pool)))

@@ -60,7 +60,7 @@ async def pool_pause_change(
     try:
         async with conn.transaction():
             row = await _update(conn, pool, paused, types, add, remove)
-            unparked = await conn.fetchval(QUERIES["job_unpark"], pool)
+            unparked = await conn.fetchval(*QUERIES.bind("job_unpark", pool=pool))
             await conn.execute(
                 *QUERIES.bind(
                     "job_notify", channel=channels.worker_channel(pool), payload=channels.RING
@@ -83,15 +83,17 @@ async def _update(
     remove: Sequence[str],
 ) -> asyncpg.Record:
     """Take the pool's pause lock and write its row; the row's new pause."""
-    await conn.execute(QUERIES["pool_pause_lock"], pool)
+    await conn.execute(*QUERIES.bind("pool_pause_lock", pool=pool))
     try:
         row = await conn.fetchrow(
-            QUERIES["pool_pause_update"],
-            pool,
-            paused,
-            None if types is None else list(types),
-            list(add),
-            list(remove),
+            *QUERIES.bind(
+                "pool_pause_update",
+                pool=pool,
+                paused=paused,
+                types=None if types is None else list(types),
+                add=list(add),
+                remove=list(remove),
+            ),
         )
     except asyncpg.CheckViolationError:
         raise InvalidInput(
@@ -110,11 +112,13 @@ async def job_park_many(
     was requested — the worker keeps them)."""
     if not job_ids:
         return []
-    rows = await conn.fetch(QUERIES["job_park_many"], pool, owner, list(job_ids))
+    rows = await conn.fetch(
+        *QUERIES.bind("job_park_many", pool=pool, owner=owner, ids=list(job_ids))
+    )
     return [JobId(row["id"]) for row in rows]
 
 
 async def job_parked_counts(conn: Connection, pool: str) -> dict[str, int]:
     """Parked jobs of the pool per job type (types with none are absent)."""
-    rows = await conn.fetch(QUERIES["job_parked_counts"], pool)
+    rows = await conn.fetch(*QUERIES.bind("job_parked_counts", pool=pool))
     return {row["type"]: row["jobs"] for row in rows}
