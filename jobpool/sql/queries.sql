@@ -529,10 +529,10 @@ GROUP BY type ORDER BY type;
 -- never the reverse. Rows that did not change are not written.
 INSERT INTO schedules AS s (pool, name, source, cron, timezone, tenant, type, priority,
                             payload, catch_up)
-SELECT $1, d.name, $2, d.cron, d.timezone, d.tenant, d.type, d.priority, d.payload::jsonb,
+SELECT :pool, d.name, :source, d.cron, d.timezone, d.tenant, d.type, d.priority, d.payload::jsonb,
        d.catch_up
-FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::smallint[],
-            $9::text[], $10::boolean[])
+FROM unnest(:names::text[], :crons::text[], :timezones::text[], :tenants::text[], :types::text[], :priorities::smallint[],
+            :payloads::text[], :catch_ups::boolean[])
      AS d (name, cron, timezone, tenant, type, priority, payload, catch_up)
 ON CONFLICT (pool, name) DO UPDATE SET
     source = EXCLUDED.source,
@@ -552,55 +552,55 @@ WHERE (s.source = EXCLUDED.source OR EXCLUDED.source = 'spec')
 
 -- name: schedule_delete_missing
 -- The source's schedules it no longer declares.
-DELETE FROM schedules WHERE pool = $1 AND source = $2 AND NOT (name = ANY($3::text[]));
+DELETE FROM schedules WHERE pool = :pool AND source = :source AND NOT (name = ANY(:names::text[]));
 
 -- name: schedule_list
 SELECT name, source, cron, timezone, tenant, type, priority, payload::text AS payload,
        catch_up, defined_at, last_tick, last_enqueued_at
-FROM schedules WHERE pool = $1 ORDER BY name;
+FROM schedules WHERE pool = :pool ORDER BY name;
 
 -- name: schedule_enqueue
 -- Enqueues ticks of one schedule exactly once across every replica: `last_tick` moves
--- forward only past ticks it has not reached (compare-and-set, $4 = the first tick,
--- $3 = the last), in the same statement that inserts their jobs. A racing replica's
+-- forward only past ticks it has not reached (compare-and-set, :first_tick the first tick,
+-- :last_tick the last), in the same statement that inserts their jobs. A racing replica's
 -- update waits for this one's row lock, then finds `last_tick` moved and inserts
 -- nothing. The pool's workers get one NOTIFY, delivered at commit.
 WITH advanced AS (
-    UPDATE schedules SET last_tick = $3, last_enqueued_at = now()
-    WHERE pool = $1 AND name = $2 AND (last_tick IS NULL OR last_tick < $4)
+    UPDATE schedules SET last_tick = :last_tick, last_enqueued_at = now()
+    WHERE pool = :pool AND name = :name AND (last_tick IS NULL OR last_tick < :first_tick)
     RETURNING pool, tenant, type, priority, payload
 ), inserted AS (
     INSERT INTO jobs (id, pool, tenant, shard, type, priority, payload, dedupe_key, run_at)
     SELECT t.id, a.pool, a.tenant, t.shard, a.type, a.priority, a.payload, t.dedupe_key,
            t.run_at
     FROM advanced a
-    CROSS JOIN unnest($5::uuid[], $6::int[], $7::text[], $8::timestamptz[])
+    CROSS JOIN unnest(:ids::uuid[], :shards::int[], :dedupe_keys::text[], :run_ats::timestamptz[])
          AS t (id, shard, dedupe_key, run_at)
     ON CONFLICT (pool, tenant, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
     RETURNING id, run_at
 )
-SELECT id, run_at, (SELECT 1 FROM pg_notify($9, $10)) AS woken FROM inserted;
+SELECT id, run_at, (SELECT 1 FROM pg_notify(:channel, :shards_woken)) AS woken FROM inserted;
 
 -- section: jobpool.store.history — job_history partitions and the pool's retention
 
 -- name: history_maintain
 -- One pass of history maintenance (partitions ahead, drops and deletes past retention).
-SELECT created, dropped, deleted, skipped FROM jobpool_history_maintain($1);
+SELECT created, dropped, deleted, skipped FROM jobpool_history_maintain(:days_ahead);
 
 -- name: history_maintain_at
 -- The same pass with the caller's clock: owner only (tests, administrators).
-SELECT created, dropped, deleted, skipped FROM jobpool_history_maintain_at($2, $1);
+SELECT created, dropped, deleted, skipped FROM jobpool_history_maintain_at(:at, :days_ahead);
 
 -- name: history_partition_list
 SELECT name, starts_at, ends_at, rows_estimate FROM job_history_partitions ORDER BY ends_at;
 
 -- name: pool_history_retention_set
-UPDATE pools SET history_retention = $2
-WHERE name = $1 AND history_retention IS DISTINCT FROM $2
+UPDATE pools SET history_retention = :retention
+WHERE name = :pool AND history_retention IS DISTINCT FROM :retention
 RETURNING name;
 
 -- name: pool_history_get
-SELECT history_retention, history_pruned_before FROM pools WHERE name = $1;
+SELECT history_retention, history_pruned_before FROM pools WHERE name = :pool;
 
 -- section: jobpool.store.workers — heartbeats and the workers' view of the pool
 

@@ -97,9 +97,11 @@ async def history_maintain(
 ) -> HistoryPass:
     """One maintenance pass; ``at`` (another clock) needs the schema owner's privileges."""
     if at is None:
-        row = await conn.fetchrow(QUERIES["history_maintain"], days_ahead)
+        row = await conn.fetchrow(*QUERIES.bind("history_maintain", days_ahead=days_ahead))
     else:
-        row = await conn.fetchrow(QUERIES["history_maintain_at"], days_ahead, at)
+        row = await conn.fetchrow(
+            *QUERIES.bind("history_maintain_at", days_ahead=days_ahead, at=at)
+        )
     return HistoryPass.model_validate(dict(row))
 
 
@@ -112,7 +114,7 @@ async def history_partition_list(conn: Connection) -> list[HistoryPartition]:
 async def history_retention_set(conn: Connection, pool: str, retention: timedelta) -> bool:
     """Keep the pool's finished jobs for ``retention``; returns whether it changed."""
     changed = await conn.fetchval(
-        QUERIES["pool_history_retention_set"], pool, check_retention(retention)
+        *QUERIES.bind("pool_history_retention_set", pool=pool, retention=check_retention(retention))
     )
     if changed is None:
         await pool_get(conn, pool)  # PoolNotFound if missing
@@ -121,7 +123,7 @@ async def history_retention_set(conn: Connection, pool: str, retention: timedelt
 
 async def history_retention_get(conn: Connection, pool: str) -> HistoryRetention:
     await pool_get(conn, pool)  # PoolNotFound if missing
-    row = await conn.fetchrow(QUERIES["pool_history_get"], pool)
+    row = await conn.fetchrow(*QUERIES.bind("pool_history_get", pool=pool))
     return HistoryRetention(
         retention=row["history_retention"], pruned_before=row["history_pruned_before"]
     )
@@ -129,7 +131,7 @@ async def history_retention_get(conn: Connection, pool: str) -> HistoryRetention
 
 async def job_missing(conn: Connection, pool: str, tenant: str, job_id: JobId) -> JobNotFound:
     """The error for a job found neither unfinished nor in history."""
-    row = await conn.fetchrow(QUERIES["pool_history_get"], pool)
+    row = await conn.fetchrow(*QUERIES.bind("pool_history_get", pool=pool))
     pruned_before = None if row is None else row["history_pruned_before"]
     if (
         pruned_before is not None

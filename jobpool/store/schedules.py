@@ -53,7 +53,9 @@ class EnqueuedTick(BaseModel):
 
 async def schedule_list(conn: Connection, pool: str) -> list[ScheduleRow]:
     """The pool's schedules, by name."""
-    return [schedule_row(row) for row in await conn.fetch(QUERIES["schedule_list"], pool)]
+    return [
+        schedule_row(row) for row in await conn.fetch(*QUERIES.bind("schedule_list", pool=pool))
+    ]
 
 
 async def schedule_sync(
@@ -66,20 +68,27 @@ async def schedule_sync(
     """
     async with conn.transaction():
         await conn.execute(
-            QUERIES["schedule_upsert_many"],
-            pool,
-            source.value,
-            [s.name for s in schedules],
-            [s.cron for s in schedules],
-            [s.timezone for s in schedules],
-            [s.tenant for s in schedules],
-            [s.type for s in schedules],
-            [s.priority.rank for s in schedules],
-            [json.dumps(s.payload) for s in schedules],
-            [s.catch_up for s in schedules],
+            *QUERIES.bind(
+                "schedule_upsert_many",
+                pool=pool,
+                source=source.value,
+                names=[s.name for s in schedules],
+                crons=[s.cron for s in schedules],
+                timezones=[s.timezone for s in schedules],
+                tenants=[s.tenant for s in schedules],
+                types=[s.type for s in schedules],
+                priorities=[s.priority.rank for s in schedules],
+                payloads=[json.dumps(s.payload) for s in schedules],
+                catch_ups=[s.catch_up for s in schedules],
+            ),
         )
         await conn.execute(
-            QUERIES["schedule_delete_missing"], pool, source.value, [s.name for s in schedules]
+            *QUERIES.bind(
+                "schedule_delete_missing",
+                pool=pool,
+                source=source.value,
+                names=[s.name for s in schedules],
+            )
         )
 
 
@@ -97,16 +106,18 @@ async def schedule_enqueue(
     keys = [tick_key(name, tick) for tick in ticks]
     job_shards = [shard_for(key, shards) for key in keys]
     rows = await conn.fetch(
-        QUERIES["schedule_enqueue"],
-        pool,
-        name,
-        ticks[-1],
-        ticks[0],
-        new_job_ids(len(ticks)),
-        job_shards,
-        keys,
-        list(ticks),
-        channels.worker_channel(pool),
-        channels.shards_payload(job_shards),
+        *QUERIES.bind(
+            "schedule_enqueue",
+            pool=pool,
+            name=name,
+            last_tick=ticks[-1],
+            first_tick=ticks[0],
+            ids=new_job_ids(len(ticks)),
+            shards=job_shards,
+            dedupe_keys=keys,
+            run_ats=list(ticks),
+            channel=channels.worker_channel(pool),
+            shards_woken=channels.shards_payload(job_shards),
+        ),
     )
     return [EnqueuedTick(schedule=name, tick=row["run_at"], job_id=row["id"]) for row in rows]
