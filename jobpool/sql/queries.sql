@@ -679,10 +679,10 @@ GROUP BY state;
 -- section: jobpool.store.migrate — the migration runner and the group roles it needs
 
 -- name: migration_lock
-SELECT pg_advisory_lock($1);
+SELECT pg_advisory_lock(:key);
 
 -- name: migration_unlock
-SELECT pg_advisory_unlock($1);
+SELECT pg_advisory_unlock(:key);
 
 -- name: migration_table_create
 CREATE TABLE IF NOT EXISTS jobpool_migrations (
@@ -698,7 +698,7 @@ SELECT to_regclass('jobpool_migrations') IS NOT NULL;
 SELECT name, checksum FROM jobpool_migrations;
 
 -- name: migration_record
-INSERT INTO jobpool_migrations (name, checksum) VALUES ($1, $2);
+INSERT INTO jobpool_migrations (name, checksum) VALUES (:name, :checksum);
 
 -- name: migration_owner_ready
 -- True once jobpool_owner owns the schema (migration 0003 on): files then run as it.
@@ -713,7 +713,7 @@ SELECT current_user::text;
 
 -- name: role_missing
 SELECT ARRAY(
-    SELECT wanted FROM unnest($1::text[]) AS wanted
+    SELECT wanted FROM unnest(:roles::text[]) AS wanted
     WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted)
     ORDER BY wanted
 );
@@ -727,18 +727,18 @@ FROM pg_roles WHERE rolname = current_user;
 
 -- name: role_create
 -- Role statements take no parameters: format() quotes the names into the statement.
-SELECT format('CREATE ROLE %I NOLOGIN', $1::text);
+SELECT format('CREATE ROLE %I NOLOGIN', :role::text);
 
 -- section: jobpool.store.roles — database roles and the tenants they act for
 -- (role_grant also serves migrate)
 
 -- name: role_grant
-SELECT format('GRANT %I TO %I', $1::text, $2::text);
+SELECT format('GRANT %I TO %I', :role::text, :member::text);
 
 -- name: role_exists
-SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1);
+SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :role);
 
 -- name: tenant_role_map
 -- Lets `role` act for `tenant` ('*': any tenant, the trusted-application mode).
-INSERT INTO jobpool_tenant_roles (tenant, role) SELECT unnest($2::text[]), $1
+INSERT INTO jobpool_tenant_roles (tenant, role) SELECT unnest(:tenants::text[]), :role
 ON CONFLICT DO NOTHING;

@@ -97,7 +97,7 @@ async def migrate(conn: asyncpg.Connection, *, directory: Path = MIGRATIONS_DIR)
     migrations = load_migrations(directory)
     if conn.is_in_transaction():
         raise MigrationError("migrate() commits each file itself: call it outside a transaction")
-    await conn.execute(QUERIES["migration_lock"], MIGRATION_LOCK_KEY)
+    await conn.execute(*QUERIES.bind("migration_lock", key=MIGRATION_LOCK_KEY))
     try:
         exists = await conn.fetchval(QUERIES["migration_table_exists"])
         pending = _verify(migrations, await _applied(conn) if exists else {})
@@ -111,14 +111,16 @@ async def migrate(conn: asyncpg.Connection, *, directory: Path = MIGRATIONS_DIR)
                         await conn.execute(QUERIES["migration_set_owner_role"])
                     await conn.execute(migration.sql)
                     await conn.execute(
-                        QUERIES["migration_record"], migration.name, migration.checksum
+                        *QUERIES.bind(
+                            "migration_record", name=migration.name, checksum=migration.checksum
+                        )
                     )
             except asyncpg.PostgresError as exc:
                 raise MigrationError(f"migration {migration.name!r} failed: {exc}") from exc
         return [migration.name for migration in pending]
     finally:
         if not conn.is_closed():
-            await conn.execute(QUERIES["migration_unlock"], MIGRATION_LOCK_KEY)
+            await conn.execute(*QUERIES.bind("migration_unlock", key=MIGRATION_LOCK_KEY))
 
 
 async def pending_migrations(
@@ -137,7 +139,7 @@ async def pending_migrations(
 async def _prepare_roles(conn: asyncpg.Connection) -> None:
     """Create the missing group roles (or say how to) and join ``jobpool_owner``."""
     user = await conn.fetchval(QUERIES["role_current"])
-    missing: list[str] = await conn.fetchval(QUERIES["role_missing"], list(ROLES))
+    missing: list[str] = await conn.fetchval(*QUERIES.bind("role_missing", roles=list(ROLES)))
     if missing and not await conn.fetchval(QUERIES["role_may_create"]):
         creates = " ".join(f"CREATE ROLE {role} NOLOGIN;" for role in missing)
         raise MigrationRolesMissing(
@@ -148,11 +150,13 @@ async def _prepare_roles(conn: asyncpg.Connection) -> None:
     for role in missing:
         # Created meanwhile by a migration of another database: as good.
         with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
-            await conn.execute(await conn.fetchval(QUERIES["role_create"], role))
+            await conn.execute(await conn.fetchval(*QUERIES.bind("role_create", role=role)))
     if await conn.fetchval(QUERIES["role_is_owner"]):
         return
     try:
-        await conn.execute(await conn.fetchval(QUERIES["role_grant"], "jobpool_owner", user))
+        await conn.execute(
+            await conn.fetchval(*QUERIES.bind("role_grant", role="jobpool_owner", member=user))
+        )
     except asyncpg.InsufficientPrivilegeError:
         raise MigrationRolesMissing(
             f"{user} is not a member of jobpool_owner, which owns the schema: as an "

@@ -45,13 +45,15 @@ async def role_grant(
 ) -> None:
     """Make ``login`` a member of ``kind``'s group role; a client also acts for ``tenants``."""
     checked = _tenants(kind, tenants)
-    if not await conn.fetchval(QUERIES["role_exists"], login):
+    if not await conn.fetchval(*QUERIES.bind("role_exists", role=login)):
         raise InvalidName(f"no database role {login!r}: create it first (CREATE ROLE … LOGIN)")
     try:
         async with conn.transaction():
-            await conn.execute(await conn.fetchval(QUERIES["role_grant"], kind.group, login))
+            await conn.execute(
+                await conn.fetchval(*QUERIES.bind("role_grant", role=kind.group, member=login))
+            )
             if checked:
-                await conn.execute(QUERIES["tenant_role_map"], login, checked)
+                await conn.execute(*QUERIES.bind("tenant_role_map", role=login, tenants=checked))
     except asyncpg.InsufficientPrivilegeError as exc:
         raise AccessDenied(
             f"cannot grant {kind.group} to {login!r}: {exc} (run this as a member of "
