@@ -1,7 +1,6 @@
 -- Every SQL statement jobpool runs, named `-- name: entity_verb`. Loaded once by
 -- jobpool.store.queries; asyncpg prepares each statement once per connection.
--- Parameters are `:name` (numbered `$n` at load, bound by name: QUERIES.bind) or, in a
--- statement of a few scalars, `$n` (QUERIES[name]); never both in one statement.
+-- Parameters are `:name`, numbered `$n` at load and bound by name (QUERIES.bind).
 -- Statements that touch tenant data also filter on the tenant explicitly, on top of
 -- row-level security, so a misconfigured role cannot widen what the code asks for.
 
