@@ -12,7 +12,7 @@ keeps its ordered names, so a call binds by name::
 
 ``bind`` is a dict look-up and a tuple of the values, nothing parsed per call; the SQL
 text is the same string for every call, so asyncpg prepares it once per connection.
-A statement may still take ``$n`` (``QUERIES[name]`` is its text), never both forms.
+A statement never writes ``$n`` itself (the loader refuses it): every call binds by name.
 
 What is not a parameter: ``::type`` casts, ``:=``, and anything inside a string
 (``'…'``, ``E'…'``, ``$tag$…$tag$``), a quoted identifier or a comment.
@@ -59,22 +59,19 @@ class Statement:
 
 
 def compile_statement(name: str, text: str) -> Statement:
-    """Turn the ``:name`` parameters of ``text`` into ``$n``; reject mixed forms."""
+    """Turn the ``:name`` parameters of ``text`` into ``$n``; refuse a written ``$n``."""
     numbers: dict[str, int] = {}
-    positional = False
 
     def replace(match: re.Match[str]) -> str:
-        nonlocal positional
         if (param := match["name"]) is not None:
             return f"${numbers.setdefault(param, len(numbers) + 1)}"
         if match["open"] is not None:
             raise ValueError(f"query {name!r}: unterminated {match['open']!r}")
-        positional = positional or match["positional"] is not None
+        if match["positional"] is not None:
+            raise ValueError(f"query {name!r} writes {match[0]}: name it (:name) instead")
         return match[0]
 
     sql = _TOKEN.sub(replace, text)
-    if positional and numbers:
-        raise ValueError(f"query {name!r} mixes :name and $n parameters")
     return Statement(name=name, sql=sql, params=tuple(numbers))
 
 
