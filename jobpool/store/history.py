@@ -21,13 +21,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from asyncpg import Connection
-from pydantic import BaseModel, ConfigDict
 
 from jobpool.errors import InvalidInput, JobHistoryDropped, JobNotFound
 from jobpool.ids import job_id_time
 from jobpool.models import JobId
+from jobpool.store import rows
 from jobpool.store.pools import pool_get
 from jobpool.store.queries import QUERIES
+from jobpool.store.rows import HistoryPartition, HistoryPass, HistoryRetention
 
 HISTORY_DAYS_AHEAD = 3
 """Days of partitions created ahead: maintenance may stop that long before a job
@@ -40,35 +41,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CLOCK_SKEW_MARGIN = timedelta(days=1)
 """How far the submitter's clock (which stamps the job's id) may run ahead of the
 database's (which stamps its finish) without its history being missed."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class HistoryPass(_Frozen):
-    """What one maintenance pass did."""
-
-    created: int  # partitions created (ahead, or for rows found in the default one)
-    dropped: int  # partitions dropped past the longest retention
-    deleted: int  # rows deleted of pools keeping less than the longest retention
-    skipped: int  # partitions due but locked by a long query: left for the next pass
-
-
-class HistoryPartition(_Frozen):
-    """A partition of ``job_history``: the finish times it holds, [starts_at, ends_at)."""
-
-    name: str
-    starts_at: datetime | None  # None: from the beginning (the history before 0005)
-    ends_at: datetime
-    rows_estimate: int
-
-
-class HistoryRetention(_Frozen):
-    """A pool's retention, and the time before which its finished jobs are gone."""
-
-    retention: timedelta
-    pruned_before: datetime | None
 
 
 def check_retention(retention: object) -> timedelta:
@@ -102,13 +74,13 @@ async def history_maintain(
         row = await conn.fetchrow(
             *QUERIES.bind("history_maintain_at", days_ahead=days_ahead, at=at)
         )
-    return HistoryPass.model_validate(dict(row))
+    return rows.history_pass(row)
 
 
 async def history_partition_list(conn: Connection) -> list[HistoryPartition]:
     """The partitions of ``job_history``, oldest first (the default one is not listed)."""
     found = await conn.fetch(QUERIES["history_partition_list"])
-    return [HistoryPartition.model_validate(dict(row)) for row in found]
+    return [rows.history_partition(row) for row in found]
 
 
 async def history_retention_set(conn: Connection, pool: str, retention: timedelta) -> bool:
@@ -124,9 +96,7 @@ async def history_retention_set(conn: Connection, pool: str, retention: timedelt
 async def history_retention_get(conn: Connection, pool: str) -> HistoryRetention:
     await pool_get(conn, pool)  # PoolNotFound if missing
     row = await conn.fetchrow(*QUERIES.bind("pool_history_get", pool=pool))
-    return HistoryRetention(
-        retention=row["history_retention"], pruned_before=row["history_pruned_before"]
-    )
+    return rows.history_retention(row)
 
 
 async def job_missing(conn: Connection, pool: str, tenant: str, job_id: JobId) -> JobNotFound:

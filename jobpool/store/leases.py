@@ -10,14 +10,14 @@ shard belong to a previous owner and are requeued in the same transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import NamedTuple
 
 from asyncpg import Connection
 
 from jobpool.models import ShardId
-from jobpool.store import channels
+from jobpool.store import channels, rows
 from jobpool.store.queries import QUERIES
+from jobpool.store.rows import LeaseRecord
 
 LEASE_HISTORY_KEPT_S = 7 * 24 * 3600.0
 """How long a shard's lease history is kept (its takes prune what is older)."""
@@ -28,19 +28,6 @@ class Orphans(NamedTuple):
 
     shards: list[ShardId]
     live: list[int]
-
-
-class LeaseRecord(NamedTuple):
-    """One holding of a shard lease, from ``lease_history``."""
-
-    shard: ShardId
-    epoch: int
-    owner: str
-    ordinal: int
-    taken_at: datetime
-    taken_because: str
-    ended_at: datetime | None
-    ended_because: str | None
 
 
 async def lease_take(
@@ -151,5 +138,5 @@ async def lease_history_list(
     conn: Connection, pool: str, shards: Sequence[int]
 ) -> list[LeaseRecord]:
     """Every kept holding of ``shards``, oldest first: who held them, when, and why."""
-    rows = await conn.fetch(*QUERIES.bind("lease_history_list", pool=pool, shards=list(shards)))
-    return [LeaseRecord(ShardId(row["shard"]), *list(row.values())[1:]) for row in rows]
+    found = await conn.fetch(*QUERIES.bind("lease_history_list", pool=pool, shards=list(shards)))
+    return [rows.lease_record(row) for row in found]

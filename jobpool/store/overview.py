@@ -8,27 +8,17 @@ pool's shard count), and a range of ``job_history_finished_idx`` for the recent 
 from __future__ import annotations
 
 from asyncpg import Connection
-from pydantic import BaseModel, ConfigDict
 
 from jobpool.models import JobState, ShardId
+from jobpool.store import rows
 from jobpool.store.queries import QUERIES
-
-
-class ShardHolder(BaseModel):
-    """The holder of one shard's lease; ``live`` while the lease has not expired."""
-
-    model_config = ConfigDict(frozen=True)
-
-    ordinal: int | None
-    live: bool
+from jobpool.store.rows import ShardHolder
 
 
 async def lease_list(conn: Connection, pool: str) -> dict[ShardId, ShardHolder]:
     """The held shards of ``pool`` and their holders (a free shard is absent)."""
-    rows = await conn.fetch(*QUERIES.bind("lease_list", pool=pool))
-    return {
-        ShardId(row["shard"]): ShardHolder(ordinal=row["ordinal"], live=row["live"]) for row in rows
-    }
+    found = await conn.fetch(*QUERIES.bind("lease_list", pool=pool))
+    return {ShardId(row["shard"]): rows.shard_holder(row) for row in found}
 
 
 async def job_history_recent_counts(

@@ -1,5 +1,6 @@
 """Conversions between asyncpg records and domain models: every row converter of the
-store lives here, beside the row models that only the store builds (``ScheduleRow``).
+store lives here, beside the row models that only the store builds (``ScheduleRow``,
+``WorkerRow``, ``ShardHolder``, ``LeaseRecord``, the history's).
 
 jsonb columns are read as text (``::text`` in the queries) and decoded here, so the
 store works on any asyncpg connection, whatever JSON codecs its owner registered.
@@ -10,9 +11,9 @@ model with ``model_construct`` (no re-validation on the hot paths).
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from asyncpg import Record
 from pydantic import BaseModel, ConfigDict
@@ -214,4 +215,99 @@ def schedule_row(row: Record) -> ScheduleRow:
         defined_at=row["defined_at"],
         last_tick=row["last_tick"],
         last_enqueued_at=row["last_enqueued_at"],
+    )
+
+
+class WorkerCounters(BaseModel):
+    """What one worker reports with each heartbeat."""
+
+    model_config = ConfigDict(frozen=True)
+
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class WorkerRow(WorkerCounters):
+    ordinal: int
+    incarnation: str
+    started_at: datetime
+    heartbeat_at: datetime
+    shards: tuple[int, ...]
+
+
+def worker_row(row: Record) -> WorkerRow:
+    return WorkerRow.model_validate({**dict(row), "shards": tuple(row["shards"])})
+
+
+class ShardHolder(BaseModel):
+    """The holder of one shard's lease; ``live`` while the lease has not expired."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ordinal: int | None
+    live: bool
+
+
+def shard_holder(row: Record) -> ShardHolder:
+    return ShardHolder(ordinal=row["ordinal"], live=row["live"])
+
+
+class LeaseRecord(NamedTuple):
+    """One holding of a shard lease, from ``lease_history``."""
+
+    shard: ShardId
+    epoch: int
+    owner: str
+    ordinal: int
+    taken_at: datetime
+    taken_because: str
+    ended_at: datetime | None
+    ended_because: str | None
+
+
+def lease_record(row: Record) -> LeaseRecord:
+    return LeaseRecord(ShardId(row["shard"]), *list(row.values())[1:])
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class HistoryPass(_Frozen):
+    """What one maintenance pass did."""
+
+    created: int  # partitions created (ahead, or for rows found in the default one)
+    dropped: int  # partitions dropped past the longest retention
+    deleted: int  # rows deleted of pools keeping less than the longest retention
+    skipped: int  # partitions due but locked by a long query: left for the next pass
+
+
+def history_pass(row: Record) -> HistoryPass:
+    return HistoryPass.model_validate(dict(row))
+
+
+class HistoryPartition(_Frozen):
+    """A partition of ``job_history``: the finish times it holds, [starts_at, ends_at)."""
+
+    name: str
+    starts_at: datetime | None  # None: from the beginning (the history before 0005)
+    ends_at: datetime
+    rows_estimate: int
+
+
+def history_partition(row: Record) -> HistoryPartition:
+    return HistoryPartition.model_validate(dict(row))
+
+
+class HistoryRetention(_Frozen):
+    """A pool's retention, and the time before which its finished jobs are gone."""
+
+    retention: timedelta
+    pruned_before: datetime | None
+
+
+def history_retention(row: Record) -> HistoryRetention:
+    return HistoryRetention(
+        retention=row["history_retention"], pruned_before=row["history_pruned_before"]
     )

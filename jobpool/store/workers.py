@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from asyncpg import Connection
-from pydantic import BaseModel, ConfigDict
 
 from jobpool.models import JobState, Priority
+from jobpool.store import rows
 from jobpool.store.queries import QUERIES
+from jobpool.store.rows import WorkerCounters, WorkerRow
 
 LIVE_HEARTBEAT_S = 30.0
 """Twice the workers' default lease TTL: a row with an older heartbeat is a dead worker's
 (what the CLI and ``jobpool dev`` call live; the operator judges by the spec's TTL)."""
-
-
-class WorkerCounters(BaseModel):
-    """What one worker reports with each heartbeat."""
-
-    model_config = ConfigDict(frozen=True)
-
-    running: int = 0
-    succeeded: int = 0
-    failed: int = 0
-
-
-class WorkerRow(WorkerCounters):
-    ordinal: int
-    incarnation: str
-    started_at: datetime
-    heartbeat_at: datetime
-    shards: tuple[int, ...]
 
 
 async def worker_heartbeat(
@@ -64,8 +46,8 @@ async def worker_remove(conn: Connection, pool: str, *, ordinal: int, incarnatio
 
 
 async def worker_list(conn: Connection, pool: str) -> list[WorkerRow]:
-    rows = await conn.fetch(*QUERIES.bind("worker_list", pool=pool))
-    return [WorkerRow.model_validate({**dict(row), "shards": tuple(row["shards"])}) for row in rows]
+    found = await conn.fetch(*QUERIES.bind("worker_list", pool=pool))
+    return [rows.worker_row(row) for row in found]
 
 
 async def pool_queue_counts(conn: Connection, pool: str) -> dict[JobState, dict[Priority, int]]:
