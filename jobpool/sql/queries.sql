@@ -91,7 +91,8 @@ UNION ALL
 SELECT id, pool, tenant, type, priority, shard, state, attempts, max_attempts,
        progress, progress_message, progress_at, result::text, error_history::text,
        false, created_at, run_at, started_at, finished_at, request_id, user_id
-FROM job_history WHERE id = :id AND pool = :pool AND tenant = :tenant AND finished_at >= :history_since;
+FROM job_history
+WHERE id = :id AND pool = :pool AND tenant = :tenant AND finished_at >= :history_since;
 
 -- name: job_cancel
 -- Requests the cancel of an unfinished job: a queued one ends at once (the trigger
@@ -102,7 +103,8 @@ WHERE id = :id AND pool = :pool AND tenant = :tenant
 RETURNING state;
 
 -- name: job_history_exists
-SELECT state FROM job_history WHERE id = :id AND pool = :pool AND tenant = :tenant AND finished_at >= :history_since;
+SELECT state FROM job_history
+WHERE id = :id AND pool = :pool AND tenant = :tenant AND finished_at >= :history_since;
 
 -- section: jobpool.store.execution — the worker's side: claim, retry, finish, progress
 
@@ -471,7 +473,8 @@ RETURNING id, pool, original_job_id, app_id, type, payload::text, priority, rout
 -- Pending entries of the tenant written more than $3 ago (on job_dlq_pending_idx).
 WITH discarded AS (
     DELETE FROM job_dlq
-    WHERE pool = :pool AND app_id = :tenant AND replayed_at IS NULL AND dlq_at < now() - :older_than::interval
+    WHERE pool = :pool AND app_id = :tenant AND replayed_at IS NULL
+      AND dlq_at < now() - :older_than::interval
     RETURNING 1
 )
 SELECT count(*) FROM discarded;
@@ -530,8 +533,8 @@ INSERT INTO schedules AS s (pool, name, source, cron, timezone, tenant, type, pr
                             payload, catch_up)
 SELECT :pool, d.name, :source, d.cron, d.timezone, d.tenant, d.type, d.priority, d.payload::jsonb,
        d.catch_up
-FROM unnest(:names::text[], :crons::text[], :timezones::text[], :tenants::text[], :types::text[], :priorities::smallint[],
-            :payloads::text[], :catch_ups::boolean[])
+FROM unnest(:names::text[], :crons::text[], :timezones::text[], :tenants::text[], :types::text[],
+            :priorities::smallint[], :payloads::text[], :catch_ups::boolean[])
      AS d (name, cron, timezone, tenant, type, priority, payload, catch_up)
 ON CONFLICT (pool, name) DO UPDATE SET
     source = EXCLUDED.source,
