@@ -150,6 +150,13 @@ class Dispatcher:
         self.claiming = True
         self.succeeded = 0
         self.failed = 0
+        # Named signals, for whoever needs to know where the dispatcher is (tests wait
+        # on them): it went to sleep; it read its attempts' cancel requests; it armed
+        # the claim timer; it gave buffered jobs back to the queue.
+        self.asleep = asyncio.Event()
+        self.cancels_read = asyncio.Event()
+        self.timer_armed = asyncio.Event()
+        self.gave_back = asyncio.Event()
 
     # -- wake-ups ------------------------------------------------------------------
 
@@ -235,6 +242,7 @@ class Dispatcher:
         claim brought in while its shard moved), start what the free slots allow, sleep
         until a wake-up."""
         self._wake.clear()
+        self.asleep.clear()
         self._follow_pause()
         if self._cancels_to_check:
             await self._apply_cancels()
@@ -255,6 +263,7 @@ class Dispatcher:
             )
         for job_id in cancelled:
             self.cancel(job_id)
+        self.cancels_read.set()
 
     async def _give_back_moved(self) -> None:
         """Buffered jobs of shards this worker no longer serves go back to the queue
@@ -279,6 +288,7 @@ class Dispatcher:
         gone = {job.id for job in jobs}
         for lane, buf in self.buffers.items():
             self.buffers[lane] = deque(job for job in buf if job.id not in gone)
+        self.gave_back.set()
         return len(jobs)
 
     def _follow_pause(self) -> None:
@@ -465,6 +475,7 @@ class Dispatcher:
             )
         if due is not None and (self._due is None or due < self._due):
             self._due = due
+        self.timer_armed.set()
 
     def _start_ready(self) -> None:
         if self._clock() >= self._ownership.valid_until:
@@ -494,6 +505,7 @@ class Dispatcher:
         return max(timeout, MIN_TIMER_S)
 
     async def _sleep(self) -> None:
+        self.asleep.set()
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the event is set (CPython gh-86296).

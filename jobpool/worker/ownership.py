@@ -80,6 +80,7 @@ class Ownership:
         self.pause = PoolPause()
         self.valid_until = 0.0
         self.healthy = False
+        self.renewed = asyncio.Event()  # set after each completed step (a test signal)
 
     @property
     def keeps(self) -> set[ShardId]:
@@ -178,6 +179,7 @@ class Ownership:
             )
         self.valid_until = started + s.lease_ttl_s
         self.healthy = True
+        self.renewed.set()
         self._apply(held, lost=lost, taken=set(taken) | set(adoptions), released=set(released))
 
     async def _adopt(

@@ -285,14 +285,8 @@ async def test_a_forged_cancel_notify_cancels_nothing(
         job = await client.submit("long", {})
         async with asyncio.timeout(BOUND):
             await started.wait()
-        checked = asyncio.Event()
-        apply_cancels = run.worker.dispatcher._apply_cancels
-
-        async def applying() -> None:
-            await apply_cancels()
-            checked.set()
-
-        run.worker.dispatcher._apply_cancels = applying  # type: ignore[method-assign]
+        checked = run.worker.dispatcher.cancels_read
+        checked.clear()
         channel = channels.worker_channel(POOL)
         for payload in (f"cancel:{job.id}", "cancel"):  # any role can NOTIFY anything
             await conn.execute("SELECT pg_notify($1, $2)", channel, payload)

@@ -51,20 +51,10 @@ async def all_in(conn: asyncpg.Connection, ids: list[JobId], state: str) -> bool
 async def a_full_step(dispatcher: Dispatcher) -> None:
     """Wake the dispatcher with news of work everywhere; return once it went through a
     whole step (every lane asked, if it claims at all) and sleeps again."""
-    asleep = asyncio.Event()
-    sleep = dispatcher._sleep
-
-    async def sleeping() -> None:
-        asleep.set()
-        await sleep()
-
-    dispatcher._sleep = sleeping  # type: ignore[method-assign]
-    try:
-        dispatcher.wake(new_work=True)
-        async with asyncio.timeout(DEADLINE_S):
-            await asleep.wait()
-    finally:
-        del dispatcher._sleep
+    dispatcher.asleep.clear()
+    dispatcher.wake(new_work=True)
+    async with asyncio.timeout(DEADLINE_S):
+        await dispatcher.asleep.wait()
 
 
 async def sees(run: WorkerRun, *, paused: bool, types: set[str]) -> None:

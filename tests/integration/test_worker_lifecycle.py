@@ -74,15 +74,7 @@ async def test_not_ready_until_a_shard_held_elsewhere_expires(
         assert 3 not in run.worker.ownership.held
         assert len(run.worker.ownership.held) == SHARDS - 1
         # Readiness follows the heartbeat (every TTL/3): check after each one.
-        ownership = run.worker.ownership
-        beat = asyncio.Event()
-        run_once = ownership.run_once
-
-        async def beating() -> None:
-            await run_once()
-            beat.set()
-
-        ownership.run_once = beating  # type: ignore[method-assign]
+        beat = run.worker.ownership.renewed
         async with asyncio.timeout(BOUND):
             while not run.worker.ready:
                 beat.clear()
@@ -91,17 +83,8 @@ async def test_not_ready_until_a_shard_held_elsewhere_expires(
 
 
 async def test_stop_drains_running_jobs_and_gives_buffered_ones_back(
-    dsn: str, client: Client, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    dsn: str, client: Client, conn: asyncpg.Connection
 ) -> None:
-    released = asyncio.Event()
-    release_many = execution.job_release_many
-
-    async def spying_release_many(*args: Any, **kwargs: Any) -> Any:
-        result = await release_many(*args, **kwargs)
-        released.set()
-        return result
-
-    monkeypatch.setattr(execution, "job_release_many", spying_release_many)
     registry = Registry()
     ran: list[int] = []
     interrupted: list[int] = []
@@ -131,6 +114,8 @@ async def test_stop_drains_running_jobs_and_gives_buffered_ones_back(
         assert buffered_ids  # claimed (prefetched) but not started: no free slot
         waiting_ids = {job.id for job in jobs} - running_ids  # buffered or never claimed
 
+        released = run.worker.dispatcher.gave_back
+        released.clear()
         run.worker.stop()
         async with asyncio.timeout(BOUND):
             await released.wait()
@@ -385,14 +370,7 @@ async def test_heartbeat_survives_a_driver_error_on_a_terminated_connection(
     broken = BrokenOnce(monkeypatch, leases_store, "lease_renew")
     async with running_worker(dsn, echo_registry(), lease_ttl_s=1.5) as run:
         ownership = run.worker.ownership
-        beat = asyncio.Event()
-        run_once = ownership.run_once
-
-        async def beating() -> None:
-            await run_once()
-            beat.set()
-
-        ownership.run_once = beating  # type: ignore[method-assign]
+        beat = ownership.renewed
         broken.armed = True
         async with asyncio.timeout(BOUND):
             await broken.raised.wait()

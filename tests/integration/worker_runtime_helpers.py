@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import gc
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +29,6 @@ from prometheus_client import REGISTRY
 from jobpool import Client
 from jobpool.models import JSON, JobId
 from jobpool.worker import Registry, RetryPolicy, Worker, WorkerSettings
-from jobpool.worker.dispatcher import Dispatcher
 
 POOL = "emails"
 SHARDS = 16
@@ -84,22 +83,17 @@ async def start_worker(dsn: str, registry: Registry, **settings: Any) -> WorkerR
     while a claim is in flight is covered by a test of its own; the other tests submit
     to an idle worker.) Fails if the worker crashes or does not get there in time."""
     worker = Worker(worker_settings(dsn, **settings), registry)
-    with _first_sleep() as idle:
-        task = asyncio.create_task(worker.run(), name="test-worker")
-        started = asyncio.ensure_future(worker.started())
-        asleep = asyncio.ensure_future(idle.wait())
-        try:
-            async with asyncio.timeout(START_TIMEOUT_S):
-                await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-                await asyncio.wait({task, asleep}, return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            worker.stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise AssertionError(f"the worker did not start within {START_TIMEOUT_S} s") from None
-        finally:
-            started.cancel()
-            asleep.cancel()
+    task = asyncio.create_task(worker.run(), name="test-worker")
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            await _unless_done(task, worker.started())
+            if not task.done():  # the dispatcher exists once the worker has started
+                await _unless_done(task, worker.dispatcher.asleep.wait())
+    except TimeoutError:
+        worker.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise AssertionError(f"the worker did not start within {START_TIMEOUT_S} s") from None
     if task.done():
         task.result()  # re-raises the crash
         raise AssertionError("the worker returned before it started")
@@ -137,21 +131,13 @@ async def _cancel_orphaned_loops() -> None:
     await asyncio.gather(*loops, return_exceptions=True)
 
 
-@contextlib.contextmanager
-def _first_sleep() -> Iterator[asyncio.Event]:
-    """An event set when a dispatcher (of the worker being started) first goes to sleep."""
-    idle = asyncio.Event()
-    sleep = Dispatcher._sleep
-
-    async def sleeping(self: Dispatcher) -> None:
-        idle.set()
-        await sleep(self)
-
-    Dispatcher._sleep = sleeping  # type: ignore[method-assign]
+async def _unless_done(task: asyncio.Task[None], awaited: Coroutine[Any, Any, Any]) -> None:
+    """Wait for ``awaited``, or for ``task`` to end first (a crash)."""
+    waiting = asyncio.ensure_future(awaited)
     try:
-        yield idle
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        Dispatcher._sleep = sleep  # type: ignore[method-assign]
+        waiting.cancel()
 
 
 def collect_garbage() -> None:
