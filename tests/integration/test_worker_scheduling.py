@@ -23,6 +23,7 @@ from worker_runtime_helpers import result_of, running_worker
 
 from jobpool import Client, Context, Priority, Registry
 from jobpool.store import execution
+from jobpool.worker.dispatcher import Dispatcher
 
 FIGURES = logging.getLogger("tests.figures")  # measured figures, for the log
 BOUND = 5.0
@@ -242,34 +243,27 @@ async def test_retry_runs_after_its_backoff_even_if_written_after_the_dispatcher
     two connections at once). Here the write is held until the dispatcher has claimed
     and asked for the next due time, as happens whenever the write is the slower one:
     the retried job must still run when its backoff (<= 0.2 s) ends."""
-    failed = asyncio.Event()
-    looked = asyncio.Event()
-    next_due = execution.job_next_due
+    dispatchers: list[Dispatcher] = []
     retry_many = execution.job_retry_many
 
-    async def spying_next_due(*args: Any, **kwargs: Any) -> Any:
-        result = await next_due(*args, **kwargs)
-        if failed.is_set():
-            looked.set()
-        return result
-
     async def late_retry_many(*args: Any, **kwargs: Any) -> Any:
-        # If the dispatcher does not look (another design), write anyway after 1 s.
+        # Held until the dispatcher has armed its claim timer after the failure (if it
+        # does not look, another design, the write goes anyway after 1 s).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(looked.wait(), 1.0)
+            await asyncio.wait_for(dispatchers[0].timer_armed.wait(), 1.0)
         return await retry_many(*args, **kwargs)
 
-    monkeypatch.setattr(execution, "job_next_due", spying_next_due)
     monkeypatch.setattr(execution, "job_retry_many", late_retry_many)
     registry = Registry()
 
     @registry.handler("fails.once")
     async def fails_once(payload: Any, ctx: Context) -> int:
         if ctx.attempt == 1:
-            failed.set()
+            dispatchers[0].timer_armed.clear()  # from now on: did it look after the failure?
             raise ConnectionError("first attempt fails")
         return ctx.attempt
 
-    async with running_worker(dsn, registry):
+    async with running_worker(dsn, registry) as run:
+        dispatchers.append(run.worker.dispatcher)
         job = await client.submit("fails.once", {})
         assert await result_of(client, job.id, timeout=BOUND) == 2
