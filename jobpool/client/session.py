@@ -27,10 +27,8 @@ class Session(Protocol):
 
     def statements(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """A pooled connection for statements that leave no session state behind."""
-        ...
 
     def build(
         self, job_type: str, payload: Any, options: SubmitOptions
     ) -> tuple[list[NewJob], bool]:
         """Validate a submit call into jobs; nothing is written."""
-        ...
