@@ -1,8 +1,8 @@
 """A real Kubernetes control plane on 127.0.0.1, started once per test session.
 
 The envtest convention: the binaries come from ``$KUBEBUILDER_ASSETS``, else
-``/usr/local/kubebuilder/bin`` (``../shared/k8s/install`` unpacks them there; users get
-the same with controller-runtime's ``setup-envtest``). :func:`missing_binaries` says
+``/usr/local/kubebuilder/bin`` (where controller-runtime's ``setup-envtest`` and CI's
+install step put them). :func:`missing_binaries` says
 which are absent, and the tier skips with that reason.
 
 :class:`ControlPlane` starts etcd (a fresh data directory), kube-apiserver,
@@ -65,7 +65,7 @@ def missing_binaries() -> str | None:
         return None
     return (
         f"no real Kubernetes control plane: {', '.join(missing)} missing in {assets_dir()} "
-        f"(set ${ASSETS_ENV}, or run ../shared/k8s/install)"
+        f"(set ${ASSETS_ENV}, e.g. with controller-runtime's setup-envtest)"
     )
 
 
