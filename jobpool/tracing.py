@@ -11,6 +11,12 @@ from opentelemetry import propagate, trace
 tracer = trace.get_tracer("jobpool")
 
 
+def recording() -> bool:
+    """Whether an OpenTelemetry SDK is installed. Without one, the API's spans record
+    nothing, yet starting one costs more than a no-op job: the worker skips them."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def current_traceparent() -> str | None:
     """The ``traceparent`` header of the current span, or None outside any trace."""
     carrier: dict[str, str] = {}

@@ -201,14 +201,14 @@ RETURNING j.id, j.tenant, j.shard, j.type, j.priority, j.payload::text, j.attemp
 
 -- name: job_retry_many
 -- Failed attempts with attempts left go back to the queue at their backoff time.
+-- (Fenced and found as in job_finish_many.)
 UPDATE jobs j
 SET state = 'queued', run_at = r.run_at, worker = NULL, lease_epoch = NULL,
     error_history = j.error_history || jsonb_build_array(r.error::jsonb)
-FROM unnest(:ids::uuid[], :run_ats::timestamptz[], :errors::text[]) AS r (id, run_at, error),
-     shard_leases l
-WHERE j.id = ANY(:ids::uuid[]) AND j.id = r.id AND j.pool = :pool AND j.state = 'running'
-  AND j.worker = :owner AND l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner
-  AND l.epoch = j.lease_epoch
+FROM unnest(:ids::uuid[], :run_ats::timestamptz[], :errors::text[]) AS r (id, run_at, error)
+WHERE j.id = r.id AND j.pool = :pool AND j.worker = :owner
+  AND j.lease_epoch = (SELECT l.epoch FROM shard_leases l
+                       WHERE l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner)
 RETURNING j.id;
 
 -- name: job_finish_many
@@ -216,14 +216,18 @@ RETURNING j.id;
 -- final state (succeeded with a result, dead with a reason and a last error, or
 -- cancelled). They leave the hot table for job_history; dead ones also get a job_dlq
 -- row. Fenced: only rows still running under the caller's current lease epoch move.
+-- Each row is found by primary key, and its lease by the lease's: the cost is linear in
+-- the batch. `worker = :owner` means running (the jobs_worker_owned CHECK), so there is
+-- no `state` test: with one, a generic plan walked every running (buffered) job of the
+-- pool in jobs_running_idx for each batch, and joins on the ids' array and on
+-- shard_leases made it quadratic in the batch.
 WITH finished AS (
     DELETE FROM jobs j
     USING unnest(:ids::uuid[], :states::text[], :results::text[], :reasons::text[],
-                 :errors::text[]) AS r (id, state, result, reason, error),
-          shard_leases l
-    WHERE j.id = ANY(:ids::uuid[]) AND j.id = r.id AND j.pool = :pool AND j.state = 'running'
-      AND j.worker = :owner AND l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner
-      AND l.epoch = j.lease_epoch
+                 :errors::text[]) AS r (id, state, result, reason, error)
+    WHERE j.id = r.id AND j.pool = :pool AND j.worker = :owner
+      AND j.lease_epoch = (SELECT l.epoch FROM shard_leases l
+                           WHERE l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner)
     RETURNING j.*, r.state AS final_state, r.result AS final_result, r.reason,
               CASE WHEN r.error IS NULL THEN j.error_history
                    ELSE j.error_history || jsonb_build_array(r.error::jsonb) END AS errors
@@ -254,7 +258,7 @@ SELECT id, (SELECT 1 FROM pg_notify(:channel, :wake)) AS notified FROM archived;
 -- name: job_progress_update
 WITH updated AS (
     UPDATE jobs SET progress = :progress, progress_message = :message, progress_at = now()
-    WHERE id = :id AND pool = :pool AND state = 'running' AND worker = :owner
+    WHERE id = :id AND pool = :pool AND worker = :owner
     RETURNING id
 )
 SELECT id, (SELECT 1 FROM pg_notify(:channel, id::text)) AS notified FROM updated;
@@ -262,12 +266,13 @@ SELECT id, (SELECT 1 FROM pg_notify(:channel, id::text)) AS notified FROM update
 -- name: job_release_many
 -- Prefetched attempts that never started (worker shutting down or shard moving away)
 -- go back to the queue untouched: the attempt did not happen, so it is not counted.
+-- (Fenced and found as in job_finish_many.)
 UPDATE jobs j
 SET state = 'queued', attempts = j.attempts - 1, started_at = NULL, worker = NULL,
     lease_epoch = NULL
-FROM shard_leases l
-WHERE j.id = ANY(:ids::uuid[]) AND j.pool = :pool AND j.state = 'running' AND j.worker = :owner
-  AND l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner AND l.epoch = j.lease_epoch
+WHERE j.id = ANY(:ids::uuid[]) AND j.pool = :pool AND j.worker = :owner
+  AND j.lease_epoch = (SELECT l.epoch FROM shard_leases l
+                       WHERE l.pool = j.pool AND l.shard = j.shard AND l.owner = :owner)
 RETURNING j.id;
 
 -- name: job_next_due
@@ -288,7 +293,7 @@ CROSS JOIN LATERAL (
 -- name: job_cancels_requested
 -- Which of the caller's attempts have a cancel request: the row decides, never a NOTIFY.
 SELECT id FROM jobs
-WHERE pool = :pool AND id = ANY(:ids::uuid[]) AND worker = :owner AND state = 'running'
+WHERE pool = :pool AND id = ANY(:ids::uuid[]) AND worker = :owner
   AND cancel_requested_at IS NOT NULL;
 
 -- name: job_queue_depth

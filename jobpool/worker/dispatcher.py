@@ -49,6 +49,7 @@ attempts were asked to cancel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -60,6 +61,7 @@ from datetime import UTC, datetime
 import asyncpg
 from opentelemetry import propagate, trace
 
+from jobpool import tracing
 from jobpool.models import (
     ClaimedJob,
     ErrorRecord,
@@ -72,7 +74,6 @@ from jobpool.models import (
 )
 from jobpool.store import channels, execution
 from jobpool.store.pause import job_park_many
-from jobpool.tracing import tracer
 from jobpool.worker import metrics
 from jobpool.worker.completer import Completer
 from jobpool.worker.executor import JobContext, Outcome, ReportProgress, execute
@@ -145,6 +146,7 @@ class Dispatcher:
         self._due: datetime | None = None  # earliest run_at queued in the empty lanes
         self._rescan_at = 0.0  # monotonic: when the empty lanes are asked again anyway
         self._claiming: frozenset[ShardId] = frozenset()
+        self._looked_at_version = -1  # the ownership version _give_back_moved last saw
         self._cancels_to_check = False
         self._pause = ownership.pause
         self.claiming = True
@@ -267,9 +269,15 @@ class Dispatcher:
 
     async def _give_back_moved(self) -> None:
         """Buffered jobs of shards this worker no longer serves go back to the queue
-        unstarted, so the shard drains and its next owner gets them."""
+        unstarted, so the shard drains and its next owner gets them. Looked for only
+        when the ownership changed since the last look: every job buffered since was
+        claimed from a shard served then, and so now."""
+        version = self._ownership.version
+        if version == self._looked_at_version:
+            return
         if moved := await self._give_back(lambda job: not self._ownership.serves(job.shard)):
             log.info("gave back %d buffered jobs of shards that moved away", moved)
+        self._looked_at_version = version
 
     async def _give_back(self, which: Callable[[ClaimedJob], bool]) -> int:
         """Put the buffered jobs ``which`` selects back in the queue, unstarted and
@@ -535,19 +543,14 @@ class Dispatcher:
         metrics.labelled(metrics.SUBMIT_TO_START, pool).observe(
             max((datetime.now(UTC) - due).total_seconds(), 0.0)
         )
-        parent = propagate.extract({"traceparent": job.traceparent} if job.traceparent else {})
         started = self._clock()
         try:
-            with tracer.start_as_current_span(
-                "jobpool.process",
-                context=parent,
-                kind=trace.SpanKind.CONSUMER,
-                attributes=_span_attributes(pool, job),
-            ) as span:
+            with _attempt_span(pool, job) as span:
                 outcome = await execute(
                     job, ctx, self._registry, policy=self._settings.retry, launcher=self.launcher
                 )
-                mark_span(span, outcome)
+                if span is not None:
+                    mark_span(span, outcome)
             metrics.labelled(
                 metrics.PROCESSING_SECONDS, pool, self._type_label(job), job.priority.value
             ).observe(self._clock() - started)
@@ -607,6 +610,22 @@ class Dispatcher:
                 retry = Retry(job_id=run.job.id, run_at=now, error=error)
                 self._count(run.job, retry)
                 self._completer.add(retry, shard=run.job.shard)
+
+
+def _attempt_span(
+    pool: str, job: ClaimedJob
+) -> contextlib.AbstractContextManager[trace.Span | None]:
+    """The attempt's ``jobpool.process`` span, a child of the submitter's; none when no
+    OpenTelemetry SDK is installed (see ``tracing.recording``)."""
+    if not tracing.recording():
+        return contextlib.nullcontext()
+    parent = propagate.extract({"traceparent": job.traceparent} if job.traceparent else {})
+    return tracing.tracer.start_as_current_span(
+        "jobpool.process",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes=_span_attributes(pool, job),
+    )
 
 
 def _span_attributes(pool: str, job: ClaimedJob) -> dict[str, str | int]:

@@ -80,6 +80,9 @@ class Ownership:
         self.pause = PoolPause()
         self.valid_until = 0.0
         self.healthy = False
+        self.version = 0
+        """Counts the changes of ``held``, ``wanted`` and ``adopted``: what ``serves``
+        answers can only have changed when this did."""
         self.renewed = asyncio.Event()  # set after each completed step (a test signal)
 
     @property
@@ -136,6 +139,7 @@ class Ownership:
             log.info("pool pause: %s", pool.pause.describe())
             self.pause = pool.pause
         self.wanted = {ShardId(s) for s in wanted}
+        self.version += 1
 
     async def run_once(self) -> None:
         async with self._lock:  # the heartbeat and a ring change must not interleave
@@ -204,6 +208,7 @@ class Ownership:
             }
         else:
             self.adopted, self.orphans = set(), set()
+        self.version += 1
         mine = sorted(
             sh for sh in self.orphans if sh not in held and adopter_of(sh, ring_live) == s.ordinal
         )
@@ -229,6 +234,7 @@ class Ownership:
                 s.orphan_grace,
             )
         self.adopted |= set(adopted)
+        self.version += 1
         return adopted
 
     async def _superseded(self, conn: asyncpg.Connection, lost: set[ShardId]) -> bool:
@@ -240,6 +246,7 @@ class Ownership:
             return False
         log.error("a newer incarnation of ordinal %d took over; stopping", s.ordinal)
         self.held = {}
+        self.version += 1
         self.valid_until = 0.0
         self._on_lost(lost)
         self._on_superseded()
@@ -255,6 +262,7 @@ class Ownership:
     ) -> None:
         self.held = held
         self.adopted &= set(held)
+        self.version += 1
         metrics.SHARDS_OWNED.labels(self._settings.pool).set(len(held))
         metrics.SHARDS_ADOPTED.labels(self._settings.pool).set(len(self.adopted))
         metrics.SHARDS_ORPHANED.labels(self._settings.pool).set(len(self.orphans - set(held)))
@@ -273,3 +281,4 @@ class Ownership:
             await leases.lease_release(conn, s.pool, owner=s.owner, shards=list(self.held))
             await workers.worker_remove(conn, s.pool, ordinal=s.ordinal, incarnation=s.incarnation)
             self.held = {}
+            self.version += 1

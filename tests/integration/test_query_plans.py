@@ -582,3 +582,103 @@ async def test_next_due_work_stays_flat_as_delayed_jobs_pile_up(conn: asyncpg.Co
         f"job_next_due touched {at_small} buffers at {small:,} delayed jobs but {at_large} "
         f"at {large:,} (x{large // small})"
     )
+
+
+# -- ending attempts: linear in the batch, whatever runs beside it --------------------------
+
+BUFFERED = 2_000  # claimed (running) jobs of one worker, most of them still in its lanes
+ENDED = 200  # the batch the completer (or a give-back) writes
+
+
+@pytest_asyncio.fixture(**_MODULE)
+async def drained(
+    server_dsn: str, _admin: asyncpg.Connection, _template: str
+) -> AsyncIterator[asyncpg.Connection]:
+    """A drain's table: analyzed while everything was queued (so the statistics know of
+    no running job), then ``BUFFERED`` jobs claimed by one worker under its epochs."""
+    name = pg.random_name("jobpool_drained_")
+    await pg.create_database(_admin, name, template=_template)
+    conn = await asyncpg.connect(pg.with_database(server_dsn, name))
+    try:
+        await pool_ensure(conn, POOL, shards=SHARDS)
+        await lease_take(conn, POOL, owner=OWNER, ordinal=0, shards=range(SHARDS), ttl_s=3600)
+        await _load_jobs(conn, 0, 2 * BUFFERED, "queued")
+        await conn.execute("ANALYZE")
+        await conn.execute(
+            """UPDATE jobs j SET state = 'running', worker = $2, attempts = 1,
+                   started_at = now(), lease_epoch = l.epoch
+               FROM shard_leases l
+               WHERE l.pool = j.pool AND l.shard = j.shard
+                 AND j.id IN (SELECT id FROM jobs WHERE pool = $1 LIMIT $3)""",
+            POOL,
+            OWNER,
+            BUFFERED,
+        )
+        yield conn
+    finally:
+        await conn.close()
+        await pg.drop_database(_admin, name)
+
+
+async def _generic_analyzed(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> dict:
+    """EXPLAIN (ANALYZE) of the generic plan, the one a warm pooled connection runs."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE ending AS {sql}")
+        literals = ", ".join(_literal(arg) for arg in args)
+        text = await conn.fetchval(
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE ending({literals})"
+        )
+    finally:
+        await tx.rollback()
+        await conn.execute("DEALLOCATE ending")
+    return json.loads(text)[0]["Plan"]
+
+
+def _literal(value: Any) -> str:
+    """``value`` as an SQL literal (EXECUTE takes no bound parameters): the prepared
+    statement's casts give it its type."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, list):
+        value = "{" + ",".join("NULL" if v is None else _array_item(v) for v in value) + "}"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _array_item(value: Any) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _ending(name: str, ids: list[JobId]) -> Callable[[Any], Awaitable[Any]]:
+    error = ErrorRecord(attempt=1, error_type="SMTPError", message="boom", at=_now())
+    if name == "job_finish_many":
+        finishes = [Finish(job_id=i, state=JobState.SUCCEEDED, result_json="{}") for i in ids]
+        return lambda c: execution.job_finish_many(c, POOL, owner=OWNER, finishes=finishes)
+    if name == "job_retry_many":
+        retries = [Retry(job_id=i, run_at=_now(), error=error) for i in ids]
+        return lambda c: execution.job_retry_many(c, POOL, owner=OWNER, retries=retries)
+    return lambda c: execution.job_release_many(c, POOL, owner=OWNER, job_ids=ids)
+
+
+@pytest.mark.parametrize("name", ["job_finish_many", "job_retry_many", "job_release_many"])
+async def test_ending_attempts_is_linear_in_the_batch(
+    drained: asyncpg.Connection, name: str
+) -> None:
+    """Each ended row is found by its primary key and its lease by the lease's: the rows
+    the plan handles grow with the batch, not with the batch times the running jobs (a plan that
+    walked the running jobs' index, or joined the batch's array with itself, did)."""
+    ids = await _running_ids(drained, ENDED)
+    sql, args = await _sent(_ending(name, ids))
+
+    plan = await _generic_analyzed(drained, sql, args)
+
+    outline = _outline(plan)
+    assert "jobs_running_idx" not in _indexes(plan), outline
+    handled = sum(node["Actual Rows"] * node["Actual Loops"] for node in _nodes(plan))
+    removed = sum(
+        node.get("Rows Removed by Join Filter", 0) + node.get("Rows Removed by Filter", 0)
+        for node in _nodes(plan)
+    )
+    assert handled + removed <= 20 * ENDED, outline
