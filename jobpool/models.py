@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NewType
+from typing import Any, NamedTuple, NewType
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -182,20 +182,22 @@ class Pool(_Frozen):
     pause: PoolPause = PoolPause()
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
+class NewJob(NamedTuple):
     """A validated job about to be inserted (built by the client from submit arguments).
 
-    A plain slotted dataclass, not a pydantic model: it never crosses a boundary
-    unvalidated (``jobpool.client.validation`` checks every field), and a batch builds
-    thousands of them, where a model's construction cost would dominate.
+    A named tuple, not a pydantic model nor a frozen dataclass: it never crosses a
+    boundary unvalidated (``jobpool.client.validation`` checks every field), and a batch
+    builds thousands of them, where a model's (or a frozen dataclass's) construction cost
+    would dominate; a batch of tuples also turns into the insert's columns in one
+    ``zip(*jobs)``. The fields that differ between the jobs of one submit call come
+    first (``PER_JOB_FIELDS``): a call's jobs share the rest.
     """
 
     id: JobId
-    type: str
     payload_json: str
-    priority: Priority
     shard: ShardId
+    type: str
+    priority: Priority
     key: str | None = None
     dedupe_key: str | None = None
     run_at: datetime | None = None
@@ -205,6 +207,10 @@ class NewJob:
     user_id: str | None = None
     traceparent: str | None = None
     replay_of: DlqId | None = None
+
+    PER_JOB_FIELDS = 3
+    """``id``, ``payload_json`` and ``shard``: ``NewJob._make((id, payload_json, shard)
+    + other[NewJob.PER_JOB_FIELDS:])`` is ``other`` with those three replaced."""
 
 
 class Job(_Frozen):
@@ -284,8 +290,15 @@ class DlqPage(_Frozen):
     next_cursor: str | None
 
 
-class ClaimedJob(_Frozen):
-    """A job a worker claimed: one attempt, fenced by the lease epoch it was claimed under."""
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job a worker claimed: one attempt, fenced by the lease epoch it was claimed under.
+
+    Read-only by convention. A plain slotted dataclass, not a pydantic model: every value
+    comes typed from the database's columns (``jobpool.store.rows.claimed_job``), and a
+    worker builds one per job, where even ``model_construct`` cost more than a no-op job's
+    own bookkeeping.
+    """
 
     id: JobId
     tenant: str

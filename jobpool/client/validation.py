@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +40,7 @@ from jobpool.models import (
     ShardId,
     check_job_type,
 )
-from jobpool.sharding import shard_for
+from jobpool.sharding import shard_for, shards_for
 
 MAX_KEY_LENGTH = 512
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -113,11 +114,17 @@ def parse_priority(value: object) -> Priority:
     raise UnknownPriority(f"unknown priority {value!r}: use one of {allowed}")
 
 
+_ENCODE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+"""``json.dumps`` with these options, without building an encoder per call."""
+
+
 def encode_payload(payload: Any, *, max_bytes: int, where: str = "payload") -> str:
     """Compact JSON text of the payload, checked for what Postgres jsonb can store."""
     try:
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        size = len(text.encode())
+        text = _ENCODE_JSON(payload)
+        # ASCII text is as many bytes as characters; other text is measured encoded,
+        # which also refuses a lone surrogate.
+        size = len(text) if text.isascii() else len(text.encode())
     except (TypeError, ValueError, RecursionError) as exc:
         raise PayloadNotSerializable(f"{where} is not JSON-serialisable: {exc}") from None
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
@@ -224,25 +231,22 @@ def _validated_fields(options: SubmitOptions, traceparent: str | None) -> dict[s
 
 
 def _item_job(
-    item: Any,
+    item: Item,
     job_id: JobId,
     options: SubmitOptions,
-    common: dict[str, Any],
     *,
     job_type: str,
     shards: int,
     max_payload_bytes: int,
     traceparent: str | None,
 ) -> NewJob:
-    fields, payload = common, item
-    if isinstance(item, Item):
-        fields = _validated_fields(item.options(options), traceparent)
-        payload = item.payload
+    """An item with its own options: validated on its own, its shard from its own key."""
+    fields = _validated_fields(item.options(options), traceparent)
     routing_key = fields["key"] or fields["dedupe_key"] or str(job_id)
     return NewJob(
         id=job_id,
         type=job_type,
-        payload_json=encode_payload(payload, max_bytes=max_payload_bytes),
+        payload_json=encode_payload(item.payload, max_bytes=max_payload_bytes),
         shard=ShardId(shard_for(routing_key, shards)),
         **fields,
     )
@@ -257,25 +261,49 @@ def build_jobs(
     max_payload_bytes: int,
     traceparent: str | None,
 ) -> list[NewJob]:
-    """Validate one submit call (one payload or a batch) into insertable jobs."""
+    """Validate one submit call (one payload or a batch) into insertable jobs.
+
+    The call's options are validated once; a bare payload then costs its JSON encoding
+    and one tuple, its shard coming from the batch's routing key (the call's key or
+    dedupe key) or, without one, from its id (all hashed in one pass). An ``Item`` is
+    validated with its own options.
+    """
     check_job_type(job_type)
-    common = _validated_fields(options, traceparent)
-    jobs = []
+    # The call's job, less its id, payload and shard: each bare payload's job is a copy.
+    common = NewJob(
+        id=JobId(uuid.UUID(int=0)),
+        type=job_type,
+        payload_json="",
+        shard=ShardId(0),
+        **_validated_fields(options, traceparent),
+    )
+    ids = new_job_ids(len(items))
+    call_key = common.key or common.dedupe_key
+    id_shards = (
+        [shard_for(call_key, shards)] * len(items)
+        if call_key is not None
+        else shards_for(map(str, ids), shards)
+    )
+    make, shared = NewJob._make, common[NewJob.PER_JOB_FIELDS :]
+    jobs: list[NewJob] = []
     bad: list[tuple[int, InvalidInput]] = []
-    for index, (item, job_id) in enumerate(zip(items, new_job_ids(len(items)), strict=True)):
+    for index, item in enumerate(items):
         try:
-            jobs.append(
-                _item_job(
-                    item,
-                    job_id,
-                    options,
-                    common,
-                    job_type=job_type,
-                    shards=shards,
-                    max_payload_bytes=max_payload_bytes,
-                    traceparent=traceparent,
+            if isinstance(item, Item):
+                jobs.append(
+                    _item_job(
+                        item,
+                        ids[index],
+                        options,
+                        job_type=job_type,
+                        shards=shards,
+                        max_payload_bytes=max_payload_bytes,
+                        traceparent=traceparent,
+                    )
                 )
-            )
+            else:
+                payload_json = encode_payload(item, max_bytes=max_payload_bytes)
+                jobs.append(make((ids[index], payload_json, id_shards[index], *shared)))
         except InvalidInput as exc:
             if len(items) == 1:
                 raise
