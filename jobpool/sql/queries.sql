@@ -71,6 +71,28 @@ SELECT id, state, run_at, created_at,
        (SELECT 1 FROM pg_notify(:channel, :shards_woken)) AS woken
 FROM inserted;
 
+-- name: job_insert_many_unkeyed
+-- job_insert_many for a batch without keys or dedupe keys (the common case): no key to
+-- lock, no conflict to skip, so every row is inserted, and one row comes back instead of
+-- one per job: each job's created_at is the transaction's now(), as is the run_at of a
+-- job submitted without one. A CTE that modifies data always runs to completion.
+WITH inserted AS (
+    INSERT INTO jobs (
+        id, pool, tenant, shard, type, priority, payload, run_at, max_attempts, duration,
+        request_id, user_id, traceparent, replay_of
+    )
+    SELECT i.id, :pool, :tenant, i.shard, i.type, i.priority, i.payload::jsonb,
+           coalesce(i.run_at, now()), i.max_attempts, i.duration,
+           i.request_id, i.user_id, i.traceparent, i.replay_of
+    FROM unnest(
+        :ids::uuid[], :shards::int[], :types::text[], :priorities::smallint[],
+        :payloads::text[], :run_ats::timestamptz[], :max_attempts::int[], :durations::text[],
+        :request_ids::text[], :user_ids::text[], :traceparents::text[], :replays_of::bigint[]
+    ) AS i (id, shard, type, priority, payload, run_at, max_attempts, duration,
+            request_id, user_id, traceparent, replay_of)
+)
+SELECT now() AS created_at, (SELECT 1 FROM pg_notify(:channel, :shards_woken)) AS woken;
+
 -- name: job_find_by_dedupe_keys
 SELECT id, type, priority, shard, state, run_at, created_at, dedupe_key
 FROM jobs

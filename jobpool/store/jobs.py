@@ -8,6 +8,7 @@ when no dedupe key collides; collisions cost one more query to fetch the existin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 
 import asyncpg
 from asyncpg import Connection, Record
@@ -40,30 +41,42 @@ async def tenant_set_local(conn: Connection, tenant: str) -> None:
     await conn.execute(*QUERIES.bind("tenant_set_local", tenant=tenant))
 
 
-def _column(values: list[object]) -> list[object] | None:
+def _column(values: tuple[object, ...]) -> tuple[object, ...] | None:
     """An array parameter, or NULL when every value is NULL: unnest() pads a NULL
     array with NULLs, and the driver skips encoding a whole array of them."""
-    return values if any(value is not None for value in values) else None
+    return None if values.count(None) == len(values) else values
 
 
 def _insert_params(jobs: Sequence[NewJob]) -> dict[str, object]:
-    """The per-job array parameters of ``job_insert_many``, in the batch's order."""
+    """The per-job array parameters of ``job_insert_many_unkeyed``, in the batch's order."""
+    column = dict(zip(NewJob._fields, zip(*jobs, strict=True), strict=True))
     return {
-        "ids": [j.id for j in jobs],
-        "shards": [j.shard for j in jobs],
-        "types": [j.type for j in jobs],
-        "priorities": [j.priority.rank for j in jobs],
-        "payloads": [j.payload_json for j in jobs],
-        "routing_keys": _column([j.key for j in jobs]),
-        "dedupe_keys": _column([j.dedupe_key for j in jobs]),
-        "run_ats": _column([j.run_at for j in jobs]),
-        "max_attempts": _column([j.max_attempts for j in jobs]),
-        "durations": [j.duration.value for j in jobs],
-        "request_ids": _column([j.request_id for j in jobs]),
-        "user_ids": _column([j.user_id for j in jobs]),
-        "traceparents": _column([j.traceparent for j in jobs]),
-        "replays_of": _column([j.replay_of for j in jobs]),
+        "ids": column["id"],
+        "shards": column["shard"],
+        "types": column["type"],
+        "priorities": [priority.rank for priority in column["priority"]],
+        "payloads": column["payload_json"],
+        "run_ats": _column(column["run_at"]),
+        "max_attempts": _column(column["max_attempts"]),
+        "durations": [duration.value for duration in column["duration"]],
+        "request_ids": _column(column["request_id"]),
+        "user_ids": _column(column["user_id"]),
+        "traceparents": _column(column["traceparent"]),
+        "replays_of": _column(column["replay_of"]),
     }
+
+
+def _keyed_insert_params(jobs: Sequence[NewJob]) -> dict[str, object]:
+    """The per-job array parameters of ``job_insert_many``: the keys' too."""
+    return {
+        **_insert_params(jobs),
+        "routing_keys": _column(tuple(job.key for job in jobs)),
+        "dedupe_keys": _column(tuple(job.dedupe_key for job in jobs)),
+    }
+
+
+def _unkeyed(job: NewJob) -> bool:
+    return job.key is None and job.dedupe_key is None
 
 
 def _dedupe_order(job: NewJob) -> tuple[bool, str]:
@@ -84,18 +97,20 @@ async def job_insert_many(
     """
     if not jobs:
         return []
-    results: dict[int, Job] = {}
-    pending = list(range(len(jobs)))
     wake = {
         "channel": channels.worker_channel(pool),
         "shards_woken": channels.shards_payload(j.shard for j in jobs),
     }
+    if all(map(_unkeyed, jobs)):
+        return await _insert_unkeyed(conn, pool, tenant, jobs, wake)
+    results: dict[int, Job] = {}
+    pending = list(range(len(jobs)))
     for _ in range(_DEDUPE_ROUNDS):
         # Dedupe keys in one global order: two batches that share keys then wait on
         # each other's unique-index entries in the same order and cannot deadlock.
         batch = sorted((jobs[i] for i in pending), key=_dedupe_order)
         query = QUERIES.bind(
-            "job_insert_many", pool=pool, tenant=tenant, **_insert_params(batch), **wake
+            "job_insert_many", pool=pool, tenant=tenant, **_keyed_insert_params(batch), **wake
         )
         inserted = {row["id"]: row for row in await _insert(conn, tenant, query)}
         for i in pending:
@@ -106,6 +121,23 @@ async def job_insert_many(
         if not pending:
             return [results[i] for i in range(len(jobs))]
     raise RuntimeError(f"dedupe keys kept changing hands over {_DEDUPE_ROUNDS} rounds")
+
+
+async def _insert_unkeyed(
+    conn: Connection, pool: str, tenant: str, jobs: Sequence[NewJob], wake: dict[str, str]
+) -> list[Job]:
+    """The common case, jobs without keys or dedupe keys: every row is inserted, so the
+    statement locks no key, skips no conflict and returns only its time. The rows go in
+    by shard: each index of the claim then takes its entries in order."""
+    by_shard = sorted(jobs, key=_shard_of)
+    query = QUERIES.bind(
+        "job_insert_many_unkeyed", pool=pool, tenant=tenant, **_insert_params(by_shard), **wake
+    )
+    [row] = await _insert(conn, tenant, query)
+    return rows.new_jobs(pool, tenant, jobs, created_at=row["created_at"])
+
+
+_shard_of = attrgetter("shard")
 
 
 async def _insert(conn: Connection, tenant: str, query: tuple[object, ...]) -> list[Record]:

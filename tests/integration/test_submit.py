@@ -247,6 +247,45 @@ async def test_batch_returns_jobs_in_order_in_one_transaction(
     assert len({r["created_at"] for r in rows.values()}) == 1
 
 
+async def test_a_batch_without_keys_returns_each_job_as_stored(
+    client: Client, conn: asyncpg.Connection
+) -> None:
+    """Such a batch gets back only the insert's time, not a row per job: each returned
+    job is still exactly its stored row, schedules and priorities of its own included."""
+    items = [
+        {"n": 0},
+        Item(payload={"n": 1}, run_at=LATER),
+        Item(payload={"n": 2}, priority="critical", delay=3600),
+        *({"n": i} for i in range(3, 40)),
+    ]
+    jobs = await client.submit(TYPE, items, priority="high")
+    rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM jobs")}
+    assert len(rows) == len(jobs) == len(items)
+    for job in jobs:
+        row = rows[job.id]
+        stored = Job.model_validate(
+            {
+                **{field: row[field] for field in ("id", "pool", "tenant", "type", "shard")},
+                **{field: row[field] for field in ("state", "run_at", "created_at")},
+                "priority": Priority.from_rank(row["priority"]),
+                "dedupe_key": None,
+            }
+        )
+        assert job == stored
+        assert repr(job) == repr(stored)
+        assert job.model_dump() == stored.model_dump()
+        assert job.shard == shard_for(str(job.id), SHARDS)
+    assert [json.loads(rows[j.id]["payload"])["n"] for j in jobs] == list(range(len(items)))
+    assert jobs[1].run_at == LATER
+    assert jobs[2].run_at > jobs[2].created_at == jobs[0].created_at == jobs[0].run_at
+    assert [j.priority for j in jobs[:4]] == [
+        Priority.HIGH,
+        Priority.HIGH,
+        Priority.CRITICAL,
+        Priority.HIGH,
+    ]
+
+
 async def test_batch_items_carry_their_own_options(
     client: Client, conn: asyncpg.Connection
 ) -> None:
