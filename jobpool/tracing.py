@@ -12,8 +12,8 @@ tracer = trace.get_tracer("jobpool")
 
 
 def recording() -> bool:
-    """Whether an OpenTelemetry SDK is installed. Without one, the API's spans record
-    nothing, yet starting one costs more than a no-op job: the worker skips them."""
+    """Whether an OpenTelemetry SDK is installed: without one, the API's spans record
+    nothing (the worker then starts none)."""
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 

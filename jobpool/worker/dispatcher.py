@@ -147,6 +147,7 @@ class Dispatcher:
         self._rescan_at = 0.0  # monotonic: when the empty lanes are asked again anyway
         self._claiming: frozenset[ShardId] = frozenset()
         self._looked_at_version = -1  # the ownership version _give_back_moved last saw
+        self._tracing = False  # whether an OpenTelemetry SDK records the attempts' spans
         self._cancels_to_check = False
         self._pause = ownership.pause
         self.claiming = True
@@ -448,6 +449,7 @@ class Dispatcher:
                     tenants_per_shard=limit,
                 )
             self._take_in(claimed)
+            self._tracing = tracing.recording()  # asked per claim: it reads the environment
         finally:
             self._claiming = frozenset()
         return claimed
@@ -545,7 +547,7 @@ class Dispatcher:
         )
         started = self._clock()
         try:
-            with _attempt_span(pool, job) as span:
+            with _attempt_span(pool, job) if self._tracing else _NO_SPAN as span:
                 outcome = await execute(
                     job, ctx, self._registry, policy=self._settings.retry, launcher=self.launcher
                 )
@@ -612,13 +614,13 @@ class Dispatcher:
                 self._completer.add(retry, shard=run.job.shard)
 
 
-def _attempt_span(
-    pool: str, job: ClaimedJob
-) -> contextlib.AbstractContextManager[trace.Span | None]:
-    """The attempt's ``jobpool.process`` span, a child of the submitter's; none when no
-    OpenTelemetry SDK is installed (see ``tracing.recording``)."""
-    if not tracing.recording():
-        return contextlib.nullcontext()
+_NO_SPAN = contextlib.nullcontext()
+"""Stands for the attempt's span when no OpenTelemetry SDK records spans: the API's
+no-op spans would record nothing, yet cost more than a no-op job."""
+
+
+def _attempt_span(pool: str, job: ClaimedJob) -> contextlib.AbstractContextManager[trace.Span]:
+    """The attempt's ``jobpool.process`` span, a child of the submitter's."""
     parent = propagate.extract({"traceparent": job.traceparent} if job.traceparent else {})
     return tracing.tracer.start_as_current_span(
         "jobpool.process",

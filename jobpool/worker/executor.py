@@ -53,6 +53,7 @@ TIMEOUT: Final = "timeout"
 CANCELLED: Final = "cancelled"
 Ended = Literal["done", "timeout", "cancelled"]
 MAX_ATTEMPTS = "MaxAttempts"
+NULL_JSON = "null"  # most handlers return nothing: no encoder for it
 CUT_MARK = "... (start cut)\n"
 END_CUT_MARK = " ... (cut)"
 
@@ -187,6 +188,8 @@ async def execute(
         return _dead(job, "Permanent", _raised(job, exc))
     except (Exception, asyncio.CancelledError) as exc:  # the handler's own, not ours
         return _retry_or_dead(job, _raised(job, exc), policy)
+    if value is None:
+        return Finish(job_id=job.id, state=JobState.SUCCEEDED, result_json=NULL_JSON)
     try:
         result_json = json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 
 from jobpool.models import Priority
 
+_LANES = tuple(Priority)  # iterating the enum class itself is slow, and runs per job
+
 DEFAULT_WEIGHTS: Mapping[Priority, int] = {
     Priority.CRITICAL: 4,
     Priority.HIGH: 3,
@@ -27,21 +29,23 @@ class WeightedLanes:
     """Smooth weighted round-robin over the priority lanes that have work."""
 
     def __init__(self, weights: Mapping[Priority, int] = DEFAULT_WEIGHTS) -> None:
-        for priority in Priority:
+        for priority in _LANES:
             if weights.get(priority, 0) < 1:
                 raise ValueError(f"weight of {priority.value!r} must be >= 1")
         self._weights = dict(weights)
-        self._credit = dict.fromkeys(Priority, 0)
+        self._credit = dict.fromkeys(_LANES, 0)
 
     def pick(self, ready: Iterable[Priority]) -> Priority | None:
         """The lane to serve next among ``ready`` (lanes with work), or None if none."""
         has_work = set(ready)
-        lanes = [p for p in Priority if p in has_work]
+        lanes = [p for p in _LANES if p in has_work]
         if not lanes:
             return None
-        for priority in Priority:
-            if priority not in lanes:
+        for priority in _LANES:
+            if priority not in has_work:
                 self._credit[priority] = 0
+        if len(lanes) == 1:
+            return lanes[0]  # alone with work: it gains its weight and pays it back
         total = 0
         for lane in lanes:
             self._credit[lane] += self._weights[lane]
