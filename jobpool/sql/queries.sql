@@ -40,7 +40,8 @@ SELECT set_config('jobpool.tenant', :tenant, true);
 -- unfinished job (or earlier in the same batch) is skipped and resolved afterwards.
 -- The batch's keys are locked first, in one order (the InitPlan runs before any row is
 -- inserted): the insert trigger then re-takes locks it holds, and two batches sharing
--- keys cannot deadlock on them.
+-- keys cannot deadlock on them. An option every job of the batch shares comes once
+-- (:shared_<field>, its array NULL), else per job (its array, :shared_<field> NULL).
 WITH keys_locked AS (
     SELECT count(*) AS keys
     FROM (SELECT jobpool_key_lock(:pool, :tenant, k)
@@ -51,9 +52,16 @@ WITH keys_locked AS (
         id, pool, tenant, shard, type, priority, payload, routing_key, dedupe_key,
         run_at, max_attempts, duration, request_id, user_id, traceparent, replay_of
     )
-    SELECT i.id, :pool, :tenant, i.shard, i.type, i.priority, i.payload::jsonb,
-           i.routing_key, i.dedupe_key, coalesce(i.run_at, now()), i.max_attempts, i.duration,
-           i.request_id, i.user_id, i.traceparent, i.replay_of
+    SELECT i.id, :pool, :tenant, i.shard, coalesce(i.type, :shared_type::text),
+           coalesce(i.priority, :shared_priority::smallint), i.payload::jsonb,
+           i.routing_key, i.dedupe_key,
+           coalesce(i.run_at, :shared_run_at::timestamptz, now()),
+           coalesce(i.max_attempts, :shared_max_attempts::int),
+           coalesce(i.duration, :shared_duration::text),
+           coalesce(i.request_id, :shared_request_id::text),
+           coalesce(i.user_id, :shared_user_id::text),
+           coalesce(i.traceparent, :shared_traceparent::text),
+           coalesce(i.replay_of, :shared_replay_of::bigint)
     FROM unnest(
         :ids::uuid[], :shards::int[], :types::text[], :priorities::smallint[],
         :payloads::text[], :routing_keys::text[], :dedupe_keys::text[],
@@ -81,9 +89,15 @@ WITH inserted AS (
         id, pool, tenant, shard, type, priority, payload, run_at, max_attempts, duration,
         request_id, user_id, traceparent, replay_of
     )
-    SELECT i.id, :pool, :tenant, i.shard, i.type, i.priority, i.payload::jsonb,
-           coalesce(i.run_at, now()), i.max_attempts, i.duration,
-           i.request_id, i.user_id, i.traceparent, i.replay_of
+    SELECT i.id, :pool, :tenant, i.shard, coalesce(i.type, :shared_type::text),
+           coalesce(i.priority, :shared_priority::smallint), i.payload::jsonb,
+           coalesce(i.run_at, :shared_run_at::timestamptz, now()),
+           coalesce(i.max_attempts, :shared_max_attempts::int),
+           coalesce(i.duration, :shared_duration::text),
+           coalesce(i.request_id, :shared_request_id::text),
+           coalesce(i.user_id, :shared_user_id::text),
+           coalesce(i.traceparent, :shared_traceparent::text),
+           coalesce(i.replay_of, :shared_replay_of::bigint)
     FROM unnest(
         :ids::uuid[], :shards::int[], :types::text[], :priorities::smallint[],
         :payloads::text[], :run_ats::timestamptz[], :max_attempts::int[], :durations::text[],

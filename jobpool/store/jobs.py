@@ -7,8 +7,9 @@ when no dedupe key collides; collisions cost one more query to fetch the existin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import attrgetter
+from typing import Any
 
 import asyncpg
 from asyncpg import Connection, Record
@@ -47,27 +48,49 @@ def _column(values: tuple[object, ...]) -> tuple[object, ...] | None:
     return None if values.count(None) == len(values) else values
 
 
+# A NewJob field the statements take once when every job shares its value: its array
+# parameter, and what the database stores of a value (None: the value itself).
+_SHAREABLE: dict[str, tuple[str, Callable[[Any], object] | None]] = {
+    "type": ("types", None),
+    "priority": ("priorities", attrgetter("rank")),
+    "run_at": ("run_ats", None),
+    "max_attempts": ("max_attempts", None),
+    "duration": ("durations", attrgetter("value")),
+    "request_id": ("request_ids", None),
+    "user_id": ("user_ids", None),
+    "traceparent": ("traceparents", None),
+    "replay_of": ("replays_of", None),
+}
+
+
+def _shared_or_per_job(field: str, values: tuple[object, ...]) -> dict[str, object]:
+    """``shared_<field>`` when every job has that value (the array NULL), else the
+    array (``shared_<field>`` NULL); the statements take ``coalesce(array's, shared)``.
+    A batch's jobs mostly share their options, and the driver encodes an array value
+    by value, however often it repeats."""
+    array, stored = _SHAREABLE[field]
+    first = values[0]
+    if values.count(first) == len(values):
+        shared = first if stored is None or first is None else stored(first)
+        return {f"shared_{field}": shared, array: None}
+    return {f"shared_{field}": None, array: values if stored is None else list(map(stored, values))}
+
+
 def _insert_params(jobs: Sequence[NewJob]) -> dict[str, object]:
-    """The per-job array parameters of ``job_insert_many_unkeyed``, in the batch's order."""
+    """The parameters of ``job_insert_many_unkeyed``, per job in the batch's order."""
     column = dict(zip(NewJob._fields, zip(*jobs, strict=True), strict=True))
-    return {
+    params: dict[str, object] = {
         "ids": column["id"],
         "shards": column["shard"],
-        "types": column["type"],
-        "priorities": [priority.rank for priority in column["priority"]],
         "payloads": column["payload_json"],
-        "run_ats": _column(column["run_at"]),
-        "max_attempts": _column(column["max_attempts"]),
-        "durations": [duration.value for duration in column["duration"]],
-        "request_ids": _column(column["request_id"]),
-        "user_ids": _column(column["user_id"]),
-        "traceparents": _column(column["traceparent"]),
-        "replays_of": _column(column["replay_of"]),
     }
+    for field in _SHAREABLE:
+        params |= _shared_or_per_job(field, column[field])
+    return params
 
 
 def _keyed_insert_params(jobs: Sequence[NewJob]) -> dict[str, object]:
-    """The per-job array parameters of ``job_insert_many``: the keys' too."""
+    """The parameters of ``job_insert_many``: the keys' too."""
     return {
         **_insert_params(jobs),
         "routing_keys": _column(tuple(job.key for job in jobs)),

@@ -254,11 +254,11 @@ async def test_a_batch_without_keys_returns_each_job_as_stored(
     job is still exactly its stored row, schedules and priorities of its own included."""
     items = [
         {"n": 0},
-        Item(payload={"n": 1}, run_at=LATER),
-        Item(payload={"n": 2}, priority="critical", delay=3600),
+        Item(payload={"n": 1}, run_at=LATER, request_id="r-1"),
+        Item(payload={"n": 2}, priority="critical", delay=3600, user_id="u-2"),
         *({"n": i} for i in range(3, 40)),
     ]
-    jobs = await client.submit(TYPE, items, priority="high")
+    jobs = await client.submit(TYPE, items, priority="high", user_id="u-all")
     rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM jobs")}
     assert len(rows) == len(jobs) == len(items)
     for job in jobs:
@@ -276,6 +276,9 @@ async def test_a_batch_without_keys_returns_each_job_as_stored(
         assert job.model_dump() == stored.model_dump()
         assert job.shard == shard_for(str(job.id), SHARDS)
     assert [json.loads(rows[j.id]["payload"])["n"] for j in jobs] == list(range(len(items)))
+    assert [rows[j.id]["request_id"] for j in jobs[:4]] == [None, "r-1", None, None]
+    assert [rows[j.id]["user_id"] for j in jobs[:4]] == ["u-all", "u-all", "u-2", "u-all"]
+    assert {rows[j.id]["duration"] for j in jobs} == {"short"}
     assert jobs[1].run_at == LATER
     assert jobs[2].run_at > jobs[2].created_at == jobs[0].created_at == jobs[0].run_at
     assert [j.priority for j in jobs[:4]] == [
