@@ -31,21 +31,22 @@ def new_job_id() -> JobId:
 
 
 def new_job_ids(count: int) -> list[JobId]:
-    """``count`` fresh UUIDv7s from one clock reading and one call for randomness.
+    """``count`` fresh UUIDv7s, ascending, from one clock reading and one call for
+    randomness.
 
     Each id is the 6 bytes of the milliseconds, then 10 random bytes whose first byte
     carries the version (its high nibble 7) and whose third byte carries the RFC 9562
-    variant (its two high bits 10): 74 random bits remain.
+    variant (its two high bits 10): 74 random bits remain. Sorted, the ids of a batch
+    are in the order of its jobs, so an index on (…, id) takes a batch's entries in
+    order, which makes the insert cheaper for the database.
     """
     millis = (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
     entropy = bytearray(os.urandom(_RANDOM_BYTES * count))
     entropy[0::_RANDOM_BYTES] = bytes(b & 0x0F | 0x70 for b in entropy[0::_RANDOM_BYTES])
     entropy[2::_RANDOM_BYTES] = bytes(b & 0x3F | 0x80 for b in entropy[2::_RANDOM_BYTES])
     random = bytes(entropy)
-    return [
-        JobId(UUID(millis + random[i : i + _RANDOM_BYTES]))
-        for i in range(0, _RANDOM_BYTES * count, _RANDOM_BYTES)
-    ]
+    tails = sorted(random[i : i + _RANDOM_BYTES] for i in range(0, len(random), _RANDOM_BYTES))
+    return [JobId(UUID(millis + tail)) for tail in tails]
 
 
 def job_id_time(job_id: JobId) -> datetime:

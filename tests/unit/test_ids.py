@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from jobpool.ids import new_job_id
+from jobpool.ids import new_job_id, new_job_ids
 
 
 def _now_ms() -> int:
@@ -71,3 +71,12 @@ def test_ten_thousand_ids_are_unique() -> None:
     # 74 random bits: even ids of the same millisecond differ in their random part.
     random_parts = {i.int & ((1 << 62) - 1) for i in ids}
     assert len(random_parts) == len(ids)
+
+
+def test_a_batch_of_ids_ascends_in_its_order_and_is_unique() -> None:
+    ids = new_job_ids(10_000)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    for job_id in ids:
+        assert job_id.version == 7
+        assert job_id.variant == uuid.RFC_4122
