@@ -88,7 +88,12 @@ class Worker:
             channels.worker_channel(s.pool),
         )
         completer = Completer(
-            conns, pool=s.pool, owner=s.owner, batch=s.completion_batch, on_written=self._on_written
+            conns,
+            pool=s.pool,
+            owner=s.owner,
+            batch=s.completion_batch,
+            on_written=self._on_written,
+            running=lambda: len(self.dispatcher.running),
         )
         self._ownership = Ownership(
             s,
