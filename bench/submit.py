@@ -12,8 +12,9 @@ Scenarios (each run of each scenario gets a fresh, migrated database):
 Reported per scenario: the median, min and max of jobs/s over the runs, plus the median
 over runs of the per-call latency p50/p99 (a call is one submit, or one whole batch) and
 of the client process's CPU use (CPU seconds / wall seconds; near 100 % means the client,
-not Postgres, is the bottleneck). Only the submit loop is timed: connecting, the
-warm-up and the database set-up are not.
+not Postgres, is the bottleneck) and CPU time per job (steadier than a rate on a busy
+machine). Only the submit loop is timed: connecting, the warm-up and the database
+set-up are not.
 
 Run from the repository root: ``.venv/bin/python bench/submit.py [--quick] [--json]``.
 """
@@ -107,6 +108,7 @@ class Measurement:
             "call_p50_ms": percentile(self.calls, 50) * 1000,
             "call_p99_ms": percentile(self.calls, 99) * 1000,
             "client_cpu_pct": 100 * self.cpu / self.wall,
+            "client_cpu_us_per_job": 1e6 * self.cpu / self.jobs,
         }
 
 
@@ -265,6 +267,7 @@ COLUMNS = [
     ("call p50 ms", lambda s: fmt_ms(s["extra"]["call_p50_ms"]["median"])),
     ("call p99 ms", lambda s: fmt_ms(s["extra"]["call_p99_ms"]["median"])),
     ("client CPU %", lambda s: f"{s['extra']['client_cpu_pct']['median']:.0f}"),
+    ("client CPU µs/job", lambda s: f"{s['extra']['client_cpu_us_per_job']['median']:.1f}"),
 ]
 
 
