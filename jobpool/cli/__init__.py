@@ -4,24 +4,54 @@ Built with typer and rich, on top of the public ``Client`` and the ``jobpool.sto
 functions (the CLI holds no SQL). Commands live in small modules: ``submit`` and
 ``jobs`` (one job), ``schedules`` (periodic jobs), ``dlq`` (dead-letter queue),
 ``history`` (retention of finished jobs), ``admin`` (schema and pools), ``pause`` (pause
-and resume); ``common`` holds the shared options, connections, exit codes and error
-reporting.
+and resume), ``worker`` (a worker, the ring), ``dev`` and ``operator``; ``common`` holds
+the shared options, connections, exit codes and error reporting.
+
+A command's module is imported only when the command runs or its help is shown
+(``jobpool.cli.lazy``): a worker's start-up does not pay for the other commands.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import typer
 
-from jobpool.cli import admin, dev, dlq, history, jobs, operator, pause, schedules, submit, worker
 from jobpool.cli.common import EXIT_CODES_HELP
-from jobpool.cli.usage import RootGroup, plain_usage
+from jobpool.cli.lazy import LazyGroup
+
+
+class JobpoolGroup(LazyGroup):
+    """The ``jobpool`` command; its commands in the order of its help (as typer lists
+    them: commands, then command groups)."""
+
+    package = "jobpool.cli"
+    modules: ClassVar[Mapping[str, str]] = {
+        "submit": "submit",
+        "status": "jobs",
+        "cancel": "jobs",
+        "result": "jobs",
+        "schedules": "schedules",
+        "migrate": "admin",
+        "grant": "admin",
+        "pause": "pause",
+        "resume": "pause",
+        "worker": "worker",
+        "ring": "worker",
+        "dev": "dev",
+        "operator": "operator",
+        # command groups
+        "dlq": "dlq",
+        "history": "history",
+        "pool": "admin",
+    }
+
 
 app = typer.Typer(
     name="jobpool",
-    cls=RootGroup,
+    cls=JobpoolGroup,
     help="jobpool: a durable, sharded job system backed by Postgres.\n\n"
     "Every command takes the database as --dsn or JOBPOOL_DSN; job and dead-letter "
     "commands also take --pool (JOBPOOL_POOL) and --tenant (JOBPOOL_TENANT, default "
@@ -54,19 +84,6 @@ def _root(
     ] = False,
 ) -> None:
     """jobpool: a durable, sharded job system backed by Postgres."""
-
-
-submit.register(app)
-jobs.register(app)
-schedules.register(app)
-dlq.register(app)
-history.register(app)
-admin.register(app)
-pause.register(app)
-worker.register(app)
-dev.register(app)
-operator.register(app)
-plain_usage(app)
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ Design:
   redacted, and every error line is scrubbed of the password besides.
 * The CLI holds no SQL: it connects through :func:`open_client` (a ``Client``) or
   :func:`open_connection` (a bare connection for ``jobpool.store`` functions).
+* Every command imports this module, ``jobpool worker`` too: the client and the dev
+  machinery are imported by the functions that use them, not by the module.
 """
 
 from __future__ import annotations
@@ -20,13 +22,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import asyncpg
 import typer
 
-from jobpool.client import Client
-from jobpool.dev.embedded import live_state
 from jobpool.errors import (
     DatabaseUnavailable,
     DevAlreadyRunning,
@@ -43,6 +43,10 @@ from jobpool.errors import (
     PoolNotFound,
 )
 from jobpool.store.connect import connect, redact
+
+if TYPE_CHECKING:
+    from jobpool.client import Client
+    from jobpool.dev.embedded import DevState
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -170,7 +174,7 @@ def require_dsn(dsn: str | None) -> str:
     """
     if dsn:
         return dsn
-    dev = live_state()
+    dev = _dev_state()
     if dev is None:
         raise CliError(
             "no database given: pass --dsn or set JOBPOOL_DSN (or start `jobpool dev`)",
@@ -182,8 +186,14 @@ def require_dsn(dsn: str | None) -> str:
 
 def dev_pool(dsn: str) -> str | None:
     """The pool of the running ``jobpool dev`` whose database is ``dsn``, if any."""
-    dev = live_state()
+    dev = _dev_state()
     return dev.pool if dev is not None and dev.dsn == dsn else None
+
+
+def _dev_state() -> DevState | None:
+    from jobpool.dev.embedded import live_state
+
+    return live_state()
 
 
 def scrub(message: str, dsn: str | None) -> str:
@@ -197,6 +207,8 @@ def scrub(message: str, dsn: str | None) -> str:
 @asynccontextmanager
 async def open_client(target: Target) -> AsyncIterator[Client]:
     """A connected ``Client`` of the target's pool and tenant, closed on exit."""
+    from jobpool.client import Client
+
     client = Client(
         target.dsn, pool=target.pool, tenant=target.tenant, max_connections=CLI_MAX_CONNECTIONS
     )
