@@ -92,17 +92,6 @@ class Item:
     request_id: str | None = None
     user_id: str | None = None
 
-    def options(self, call: SubmitOptions) -> SubmitOptions:
-        """The call's options with this item's overrides (a schedule replaces a schedule)."""
-        overrides = {
-            field.name: value
-            for field in dataclasses.fields(self)
-            if field.name != "payload" and (value := getattr(self, field.name)) is not None
-        }
-        if "delay" in overrides or "run_at" in overrides:
-            overrides = {"delay": None, "run_at": None, **overrides}
-        return dataclasses.replace(call, **overrides)
-
 
 def parse_priority(value: object) -> Priority:
     if isinstance(value, str):
@@ -230,25 +219,29 @@ def _validated_fields(options: SubmitOptions, traceparent: str | None) -> dict[s
     }
 
 
+def _item_overrides(item: Item) -> dict[str, Any]:
+    """The options an item gives itself, validated; a schedule of its own (delay or
+    run_at) replaces the call's."""
+    overrides: dict[str, Any] = {}
+    if item.priority is not None:
+        overrides["priority"] = parse_priority(item.priority)
+    if item.delay is not None or item.run_at is not None:
+        overrides["run_at"] = resolve_run_at(item.delay, item.run_at)
+    for name in ("key", "dedupe_key", "request_id", "user_id"):
+        if (value := getattr(item, name)) is not None:
+            overrides[name] = check_text(name, value)
+    return overrides
+
+
 def _item_job(
-    item: Item,
-    job_id: JobId,
-    options: SubmitOptions,
-    *,
-    job_type: str,
-    shards: int,
-    max_payload_bytes: int,
-    traceparent: str | None,
+    item: Item, job_id: JobId, call: NewJob, *, shards: int, max_payload_bytes: int
 ) -> NewJob:
-    """An item with its own options: validated on its own, its shard from its own key."""
-    fields = _validated_fields(item.options(options), traceparent)
-    routing_key = fields["key"] or fields["dedupe_key"] or str(job_id)
-    return NewJob(
-        id=job_id,
-        type=job_type,
+    """The call's job with the item's own options, its shard from its own routing key."""
+    job = call._replace(id=job_id, **_item_overrides(item))
+    routing_key = job.key or job.dedupe_key or str(job_id)
+    return job._replace(
         payload_json=encode_payload(item.payload, max_bytes=max_payload_bytes),
         shard=ShardId(shard_for(routing_key, shards)),
-        **fields,
     )
 
 
@@ -265,8 +258,8 @@ def build_jobs(
 
     The call's options are validated once; a bare payload then costs its JSON encoding
     and one tuple, its shard coming from the batch's routing key (the call's key or
-    dedupe key) or, without one, from its id (all hashed in one pass). An ``Item`` is
-    validated with its own options.
+    dedupe key) or, without one, from its id (all hashed in one pass). An ``Item``
+    costs the validation of the options it gives itself.
     """
     check_job_type(job_type)
     # The call's job, less its id, payload and shard: each bare payload's job is a copy.
@@ -292,13 +285,7 @@ def build_jobs(
             if isinstance(item, Item):
                 jobs.append(
                     _item_job(
-                        item,
-                        ids[index],
-                        options,
-                        job_type=job_type,
-                        shards=shards,
-                        max_payload_bytes=max_payload_bytes,
-                        traceparent=traceparent,
+                        item, ids[index], common, shards=shards, max_payload_bytes=max_payload_bytes
                     )
                 )
             else:
