@@ -1,7 +1,9 @@
 """The completer's batching and its behaviour during a database outage (no database).
 
 Defends: outcomes are written in batches of at most ``batch``, in the order they came,
-each exactly once; a failed write loses nothing (the batch goes back in front); under
+each exactly once; with no other attempt running an outcome goes out at once, while
+others run the write waits for theirs (until a batch is full, or ``LINGER_S``); a failed
+write loses nothing (the batch goes back in front); under
 the worker's loop runner (``loops.forever``) an outage is retried with backoff, logged with
 one traceback for the first failure and then one line per retry.
 
@@ -32,14 +34,16 @@ BOUND_S = 10.0
 class Database(Completer):
     """A completer whose writes go to a list, or fail while ``down``."""
 
-    def __init__(self, *, batch: int) -> None:
+    def __init__(self, *, batch: int, running: int = 0) -> None:
         super().__init__(
             conns=cast(asyncpg.Pool, None),
             pool="unit",
             owner="w",
             batch=batch,
             on_written=self._on_written,
+            running=lambda: self.running,
         )
+        self.running = running  # attempts the worker still runs
         self.down = False
         self.gate = asyncio.Event()
         self.gate.set()
@@ -97,6 +101,33 @@ async def test_outcomes_that_pile_up_during_a_write_go_out_in_batches_in_order()
     ids = [outcome.job_id for outcome in outcomes]
     assert db.writes == [ids[:1], ids[1:4], ids[4:7], ids[7:]]
     assert db.unwritten(ShardId(1)) == 0
+
+
+async def test_while_attempts_run_a_write_waits_for_their_outcomes_until_a_batch_is_full() -> None:
+    db = Database(batch=4, running=3)
+    outcomes = [succeeded() for _ in range(4)]
+    async with looping(db):
+        db.add(outcomes[0], shard=ShardId(1))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the writer is up, waiting for the others' outcomes
+        assert db.attempts == 0
+        for outcome in outcomes[1:]:
+            db.add(outcome, shard=ShardId(1))
+        async with asyncio.timeout(BOUND_S):
+            await db.drained()
+
+    assert db.writes == [[outcome.job_id for outcome in outcomes]]
+
+
+async def test_a_lingering_write_goes_out_after_linger_s_when_no_more_come() -> None:
+    db = Database(batch=100, running=3)
+    outcome = succeeded()
+    async with looping(db):
+        db.add(outcome, shard=ShardId(1))
+        async with asyncio.timeout(BOUND_S):
+            await db.drained()
+
+    assert db.writes == [[outcome.job_id]]
 
 
 async def test_an_outage_loses_nothing_and_logs_one_traceback_then_one_line_per_retry(
