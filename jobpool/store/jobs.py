@@ -106,10 +106,6 @@ def _keyed_insert_params(jobs: Sequence[NewJob]) -> dict[str, object]:
     }
 
 
-def _unkeyed(job: NewJob) -> bool:
-    return job.key is None and job.dedupe_key is None
-
-
 def _dedupe_order(job: NewJob) -> tuple[bool, str]:
     return job.dedupe_key is None, job.dedupe_key or ""
 
@@ -130,9 +126,9 @@ async def job_insert_many(
         return []
     wake = {
         "channel": channels.worker_channel(pool),
-        "shards_woken": channels.shards_payload(j.shard for j in jobs),
+        "shards_woken": channels.shards_payload(_values(jobs, "shard")),
     }
-    if all(map(_unkeyed, jobs)):
+    if _column(_values(jobs, "key")) is None and _column(_values(jobs, "dedupe_key")) is None:
         return await _insert_unkeyed(conn, pool, tenant, jobs, wake)
     results: dict[int, Job] = {}
     pending = list(range(len(jobs)))
