@@ -7,6 +7,10 @@ lane below half its capacity in one round trip, and starts jobs while slots are 
 with buffered work — so saturated lanes are served 4:3:2:1 and a lone lane gets every
 slot.
 
+A claim's round trip outlasts short jobs: while it is in flight, buffered jobs keep
+starting in the slots that free up (unless the ownership or the pause changed since the
+dispatcher last looked; then they wait for the step's checks, after the claim).
+
 It sleeps until something can change the answer: a NOTIFY for one of its shards, a
 finished job (a free slot), an ownership change, or the claim timer. There is no poll
 loop. A lane whose claim came back empty is not asked again until new work arrives or
@@ -148,6 +152,7 @@ class Dispatcher:
         self._claiming: frozenset[ShardId] = frozenset()
         self._looked_at_version = -1  # the ownership version _give_back_moved last saw
         self._tracing = False  # whether an OpenTelemetry SDK records the attempts' spans
+        self._slot_freed: asyncio.Future[None] | None = None  # during a claim: a job ended
         self._cancels_to_check = False
         self._pause = ownership.pause
         self.claiming = True
@@ -249,7 +254,7 @@ class Dispatcher:
         self._follow_pause()
         if self._cancels_to_check:
             await self._apply_cancels()
-        lookup = await self._claim() if self.claiming and not self._pause.paused else None
+        lookup = await self._claim_meanwhile() if self.claiming and not self._pause.paused else None
         await self._give_back_moved()
         await self._set_aside_paused()
         self._start_ready()
@@ -353,6 +358,27 @@ class Dispatcher:
         }
         self._empty &= set(wants)
         return wants
+
+    async def _claim_meanwhile(self) -> DueLookup | None:
+        """Claim, and meanwhile start buffered jobs in the slots that free up: a claim's
+        round trip would otherwise leave them idle (short jobs end well within it). Only
+        while neither the ownership nor the pause changed since this worker last looked:
+        otherwise the jobs wait for the step's own checks, after the claim."""
+        claim = asyncio.ensure_future(self._claim())
+        try:
+            while not claim.done():
+                if self._ownership.version == self._looked_at_version and (
+                    self._ownership.pause is self._pause
+                ):
+                    self._start_ready()
+                self._slot_freed = asyncio.get_running_loop().create_future()
+                await asyncio.wait((claim, self._slot_freed), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            claim.cancel()
+            raise
+        finally:
+            self._slot_freed = None
+        return claim.result()
 
     async def _claim(self) -> DueLookup | None:
         """Claim for the lanes that want work; return what the claim timer must look up."""
@@ -563,6 +589,8 @@ class Dispatcher:
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
+            if self._slot_freed is not None and not self._slot_freed.done():
+                self._slot_freed.set_result(None)
 
     def _type_label(self, job: ClaimedJob) -> str:
         return metrics.type_label(job.type, self._registry)
