@@ -188,8 +188,7 @@ class NewJob(NamedTuple):
     A named tuple, not a pydantic model nor a frozen dataclass: it never crosses a
     boundary unvalidated (``jobpool.client.validation`` checks every field), and a batch
     builds thousands of them, where a model's (or a frozen dataclass's) construction cost
-    would dominate; a batch of tuples also turns into the insert's columns in one
-    ``zip(*jobs)``. The fields that differ between the jobs of one submit call come
+    would dominate. The fields that differ between the jobs of one submit call come
     first (``PER_JOB_FIELDS``): a call's jobs share the rest.
     """
 
@@ -209,8 +208,8 @@ class NewJob(NamedTuple):
     replay_of: DlqId | None = None
 
     PER_JOB_FIELDS = 3
-    """``id``, ``payload_json`` and ``shard``: ``NewJob._make((id, payload_json, shard)
-    + other[NewJob.PER_JOB_FIELDS:])`` is ``other`` with those three replaced."""
+    """``id``, ``payload_json`` and ``shard``: ``NewJob._make((id, payload_json, shard,
+    *other[NewJob.PER_JOB_FIELDS:]))`` is ``other`` with those three replaced."""
 
 
 class Job(_Frozen):
