@@ -198,9 +198,12 @@ def _check_max_attempts(value: object) -> int | None:
     return value
 
 
+_DURATIONS = {d.value: d for d in Duration}
+
+
 def _parse_duration(value: object) -> Duration:
-    if isinstance(value, str) and value in {d.value for d in Duration}:
-        return Duration(value)
+    if isinstance(value, str) and (duration := _DURATIONS.get(value)) is not None:
+        return duration
     raise InvalidInput(f"unknown duration {value!r}: use 'short' or 'long'")
 
 
