@@ -36,6 +36,10 @@ from jobpool.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+POOL_MIN_SIZE = 3
+"""Connections opened at start, at once: the first claim, the gauges and the periodic
+service each take one as the loops start, so the claim does not wait for a new one."""
+
 
 class Worker:
     """One worker process of a pool: ``await Worker(settings, registry).run()``."""
@@ -76,17 +80,24 @@ class Worker:
             "application_name": f"jobpool-worker/{s.pool}/{s.ordinal}",
             "idle_in_transaction_session_timeout": "60000",
         }
-        self._conns = conns = await connect.create_pool(
-            s.dsn,
-            min_size=2,
-            max_size=4,
-            server_settings=server_settings,
-            reset=connect.keep_session,
-        )
         listener = EventListener(
             lambda: connect.connect(s.dsn, server_settings=server_settings),
             channels.worker_channel(s.pool),
         )
+        # The LISTEN connection opens while the pool does: start-up waits for one, not both.
+        listening = asyncio.ensure_future(listener.listen())
+        try:
+            self._conns = conns = await connect.create_pool(
+                s.dsn,
+                min_size=POOL_MIN_SIZE,
+                max_size=4,
+                server_settings=server_settings,
+                reset=connect.keep_session,
+            )
+        except BaseException:
+            await asyncio.gather(listening, return_exceptions=True)
+            await listener.close()
+            raise
         completer = Completer(
             conns,
             pool=s.pool,
@@ -127,6 +138,7 @@ class Worker:
         )
         loops: list[asyncio.Task[None]] = []
         try:
+            await listening
             async with listener.subscribe() as events:
                 await until_done("start", self._prepare)
                 await until_done("start", self._follow_ring)
