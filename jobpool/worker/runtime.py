@@ -140,8 +140,7 @@ class Worker:
         try:
             await listening
             async with listener.subscribe() as events:
-                await until_done("start", self._prepare)
-                await until_done("start", self._follow_ring)
+                await self._start()
                 loops += [
                     asyncio.create_task(forever(name, step))
                     for name, step in (
@@ -183,6 +182,18 @@ class Worker:
                 self.dispatcher.on_notify(payload)
 
         return route
+
+    async def _start(self) -> None:
+        """Read the ring and take the leases while a ``jobs`` table that was never
+        analyzed is (on another connection): the first claim waits for both at once."""
+        preparing = asyncio.ensure_future(until_done("start", self._prepare))
+        try:
+            await until_done("start", self._follow_ring)
+        except BaseException:
+            preparing.cancel()
+            await asyncio.gather(preparing, return_exceptions=True)
+            raise
+        await preparing
 
     async def _prepare(self) -> None:
         assert self._conns is not None

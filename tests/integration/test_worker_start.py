@@ -1,6 +1,11 @@
-"""A worker's start: its LISTEN connection opens while its connection pool does (start-up
-waits for one, not both), so a start whose pool fails must close the LISTEN connection
-that did open: the error is the pool's, one line, and no connection is left behind."""
+"""A worker's start does independent steps at once, and keeps what each one is for.
+
+Its LISTEN connection opens while its connection pool does (start-up waits for one, not
+both), so a start whose pool fails must close the LISTEN connection that did open: the
+error is the pool's, one line, and no connection is left behind. A ``jobs`` table that
+was never analyzed is analyzed while the ring is read and the leases taken, and still
+before the first claim (whose plans would otherwise rest on guesses).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,9 @@ import asyncio
 import asyncpg
 import pg
 import pytest
-from worker_runtime_helpers import worker_settings
+from worker_runtime_helpers import running_worker, worker_settings
 
-from jobpool import Registry
+from jobpool import Client, Context, Registry
 from jobpool.errors import DatabaseUnavailable
 from jobpool.worker import Worker
 from jobpool.worker.runtime import POOL_MIN_SIZE
@@ -40,3 +45,26 @@ async def test_a_start_whose_pool_cannot_open_leaves_no_connection(
     async with asyncio.timeout(DEADLINE_S):  # a closed session leaves the view shortly after
         while await conn.fetchval(WORKER_BACKENDS, pg.WORKER):  # noqa: ASYNC110 - a view
             await asyncio.sleep(0.02)
+
+
+async def test_a_never_analyzed_jobs_table_is_analyzed_before_the_first_claim(
+    dsn: str, conn: asyncpg.Connection, client: Client
+) -> None:
+    assert await conn.fetchval("SELECT reltuples < 0 FROM pg_class WHERE oid = 'jobs'::regclass")
+    registry = Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object, ctx: Context) -> None:
+        pass
+
+    job = await client.submit("noop", {})
+    async with running_worker(dsn, registry):
+        await client.result(job.id, timeout=DEADLINE_S)
+
+    analyzed = await conn.fetchval(
+        "SELECT last_analyze FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass"
+    )
+    started = (await client.status(job.id)).started_at
+    assert analyzed is not None
+    assert started is not None
+    assert analyzed < started
