@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -33,6 +34,9 @@ from jobpool.worker.periodic import PeriodicService
 from jobpool.worker.progress import ProgressWriter
 from jobpool.worker.registry import Registry
 from jobpool.worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +135,11 @@ class Worker:
             active=lambda: ShardId(0) in self.ownership.claimable,
         )
         gauges = metrics.QueueGauges(conns, pool=s.pool, held=lambda: self.ownership.held)
-        server = (
-            metrics.serve(s.metrics_port, lambda: self.ready, host=s.metrics_host)
-            if s.metrics_port
-            else None
-        )
+        server: WSGIServer | None = None
         loops: list[asyncio.Task[None]] = []
-        try:
+        try:  # from here on, every way out closes the connections (and the server)
+            if s.metrics_port:
+                server = metrics.serve(s.metrics_port, lambda: self.ready, host=s.metrics_host)
             await listening
             async with listener.subscribe() as events:
                 await self._start()
@@ -164,7 +166,7 @@ class Worker:
         finally:
             for loop in loops:  # also when run() itself is cancelled
                 loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*loops, listening, return_exceptions=True)
             await listener.close()
             await conns.close()
             if server is not None:

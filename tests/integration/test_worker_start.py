@@ -2,7 +2,8 @@
 
 Its LISTEN connection opens while its connection pool does (start-up waits for one, not
 both), so a start whose pool fails must close the LISTEN connection that did open: the
-error is the pool's, one line, and no connection is left behind. A ``jobs`` table that
+error is the pool's, one line, and no connection is left behind; nor after a start that
+fails because its metrics port is taken. A ``jobs`` table that
 was never analyzed is analyzed while the ring is read and the leases taken, and still
 before the first claim (whose plans would otherwise rest on guesses).
 """
@@ -10,6 +11,7 @@ before the first claim (whose plans would otherwise rest on guesses).
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import asyncpg
 import pg
@@ -42,6 +44,25 @@ async def test_a_start_whose_pool_cannot_open_leaves_no_connection(
     with pytest.raises(DatabaseUnavailable, match="too many connections"):
         await Worker(worker_settings(dsn), Registry()).run()
 
+    await no_worker_connection(conn)
+
+
+@pytest.mark.usefixtures("pool")
+async def test_a_start_whose_metrics_port_is_taken_leaves_no_connection(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = worker_settings(dsn, metrics_port=port, metrics_host="127.0.0.1")
+        with pytest.raises(OSError, match="in use"):
+            await Worker(settings, Registry()).run()
+
+    await no_worker_connection(conn)
+
+
+async def no_worker_connection(conn: asyncpg.Connection) -> None:
     async with asyncio.timeout(DEADLINE_S):  # a closed session leaves the view shortly after
         while await conn.fetchval(WORKER_BACKENDS, pg.WORKER):  # noqa: ASYNC110 - a view
             await asyncio.sleep(0.02)
