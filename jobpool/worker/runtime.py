@@ -83,6 +83,9 @@ class Worker:
         server_settings = {
             "application_name": f"jobpool-worker/{s.pool}/{s.ordinal}",
             "idle_in_transaction_session_timeout": "60000",
+            # Short statements by the thousand: JIT compilation never pays for itself
+            # here, and with it on, asyncpg's type look-up takes three round trips.
+            "jit": "off",
         }
         listener = EventListener(
             lambda: connect.connect(s.dsn, server_settings=server_settings),
