@@ -339,6 +339,18 @@ FROM jobs
 WHERE pool = :pool AND shard = ANY(:shards::int[]) AND state = 'queued'
 GROUP BY priority, due;
 
+-- name: job_queue_depth_sampled
+-- The same figures estimated from a sample of :percent of the table's pages: reads
+-- about that share of `jobs`, where the exact count reads every queued job's entry.
+SELECT priority, run_at <= now() AS due, round(count(*) * 100.0 / :percent)::bigint AS queued
+FROM jobs TABLESAMPLE SYSTEM (:percent::float4)
+WHERE pool = :pool AND shard = ANY(:shards::int[]) AND state = 'queued'
+GROUP BY priority, due;
+
+-- name: jobs_row_estimate
+-- The planner's estimate of the rows of `jobs` (-1 before its first ANALYZE).
+SELECT reltuples::bigint FROM pg_class WHERE oid = 'jobs'::regclass;
+
 -- name: jobs_statistics_missing
 -- True while `jobs` was never analyzed: its plans then rest on guesses.
 SELECT reltuples < 0 FROM pg_class WHERE oid = 'jobs'::regclass;

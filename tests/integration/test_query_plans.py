@@ -29,7 +29,7 @@ import pytest
 import pytest_asyncio
 
 from jobpool import Client
-from jobpool.models import ErrorRecord, Finish, JobId, JobState, Priority, Retry
+from jobpool.models import ErrorRecord, Finish, JobId, JobState, Priority, QueueState, Retry
 from jobpool.store import dlq, execution, jobs
 from jobpool.store.leases import lease_take
 from jobpool.store.pools import pool_ensure
@@ -682,3 +682,39 @@ async def test_ending_attempts_is_linear_in_the_batch(
         for node in _nodes(plan)
     )
     assert handled + removed <= 20 * ENDED, outline
+
+
+# -- the queue gauges at a large backlog ----------------------------------------------------
+
+
+def _total(depth: execution.QueueDepth) -> int:
+    return sum(sum(lanes.values()) for lanes in depth.values())
+
+
+async def test_queue_depth_is_estimated_from_a_sample_above_the_exact_bound(
+    big: asyncpg.Connection,
+) -> None:
+    """Counting 200,000 queued jobs exactly reads every one of their index entries; past
+    ``EXACT_DEPTH_UP_TO`` the gauges read a sample of about ``SAMPLED_ROWS`` rows and
+    scale it up (the pages are drawn at random: the bounds allow several standard
+    errors of such a sample)."""
+    shards = range(SHARDS)
+    exact = await execution.job_queue_depth(big, POOL, shards=shards)
+    assert _total(exact) > execution.EXACT_DEPTH_UP_TO
+
+    first = await execution.job_queue_depth_estimate(big, POOL, shards=shards, last_total=None)
+    later = await execution.job_queue_depth_estimate(
+        big, POOL, shards=shards, last_total=_total(exact)
+    )
+    small = await execution.job_queue_depth_estimate(big, POOL, shards=shards, last_total=10)
+
+    for estimate in (first, later):
+        assert _total(estimate) == pytest.approx(_total(exact), rel=0.15)
+        due, scheduled = (
+            sum(estimate[state].values()) for state in (QueueState.DUE, QueueState.SCHEDULED)
+        )
+        assert due == pytest.approx(sum(exact[QueueState.DUE].values()), rel=0.15)
+        assert scheduled == pytest.approx(sum(exact[QueueState.SCHEDULED].values()), rel=0.4)
+    assert first != exact, "estimated by counting every job, not from a sample"
+    assert later != exact, "estimated by counting every job, not from a sample"
+    assert small == exact, "below the bound the figures are counted exactly"

@@ -38,7 +38,7 @@ DRAIN_DEADLINE_S = 240.0
 # per ~25 jobs); lanes of 32 sent 125, one claim and one completion per 16 jobs.
 MAX_ROUND_TRIPS_PER_1000 = 100
 # The loops that run on a timer, whatever the jobs: not counted.
-TIMED = ("lease_", "worker_", "pool_", "dlq_count_pending", "job_queue_depth")
+TIMED = ("lease_", "worker_", "pool_", "dlq_count_pending", "job_queue_depth", "jobs_row_estimate")
 
 _NAMES = {sql: name for name, sql in QUERIES.items()}
 _CLAIM_SHARDS = QUERIES.params("job_claim_batch").index("shards")
