@@ -212,9 +212,10 @@ async def job_queue_depth_estimate(
     table's estimated rows when there is none yet) was at most ``EXACT_DEPTH_UP_TO``;
     above, estimated from a sample of the table's pages sized to read about
     ``SAMPLED_ROWS`` rows, whatever the backlog."""
+    if last_total is not None and last_total <= EXACT_DEPTH_UP_TO:
+        return await job_queue_depth(conn, pool, shards=shards)
     rows_in_table = await conn.fetchval(QUERIES["jobs_row_estimate"])
-    known = rows_in_table if last_total is None else last_total
-    if known <= EXACT_DEPTH_UP_TO or rows_in_table <= SAMPLED_ROWS:
+    if rows_in_table <= (EXACT_DEPTH_UP_TO if last_total is None else SAMPLED_ROWS):
         return await job_queue_depth(conn, pool, shards=shards)
     percent = min(100.0, 100.0 * SAMPLED_ROWS / rows_in_table)
     rows = await conn.fetch(

@@ -57,7 +57,7 @@ class Completer:
         self._pending: list[tuple[Outcome, ShardId]] = []
         self._unwritten: Counter[ShardId] = Counter()
         self._arrived = asyncio.Event()
-        self._full = asyncio.Event()  # a batch's worth is pending
+        self._full = asyncio.Event()  # a batch's worth came while the writer waited
         self._idle = asyncio.Event()
         self._idle.set()
         self._failing = False
@@ -79,6 +79,7 @@ class Completer:
         its batch back: the caller's loop backs off and calls again."""
         await self._arrived.wait()
         if len(self._pending) < self._batch and self._running():
+            self._full.clear()  # set again by the add that fills a batch
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LINGER_S):
                     await self._full.wait()
@@ -86,8 +87,6 @@ class Completer:
 
     async def run_once(self) -> None:
         batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
-        if len(self._pending) < self._batch:
-            self._full.clear()
         if not self._pending:
             self._arrived.clear()
         if not batch:
@@ -99,8 +98,6 @@ class Completer:
         except Exception:  # whatever went wrong, the outcomes must not be lost
             self._pending[:0] = batch
             self._arrived.set()
-            if len(self._pending) >= self._batch:
-                self._full.set()
             if not self._failing:  # the first failure of a streak: its traceback, once
                 log.exception("writing %d outcomes failed; retrying with backoff", len(batch))
             self._failing = True
